@@ -1,0 +1,98 @@
+import { ResilientError } from './errors.js'
+
+export interface TimeoutOptions {
+  /** A caller's signal: its abort aborts the work too. */
+  signal?: AbortSignal | undefined
+  /** Names the operation in the E_TIMEOUT message. */
+  operation?: string
+}
+
+/**
+ * Runs `fn` with a signal that aborts after `ms` (or when `options.signal` aborts), and
+ * rejects with `E_TIMEOUT` at that moment even if `fn` ignores the signal. The work is
+ * told to stop through the signal; it is not awaited further.
+ * `ms` of `Infinity` or `0` means no timeout: then no timer and no signal is created
+ * unless the caller passed one.
+ */
+export function withTimeout<T>(
+  fn: (signal: AbortSignal | undefined) => Promise<T>,
+  ms: number,
+  options: TimeoutOptions = {},
+): Promise<T> {
+  const parent = options.signal
+  if (parent?.aborted) return Promise.reject(abortError(parent, options.operation))
+  if (!(ms > 0) || ms === Number.POSITIVE_INFINITY) return fn(parent)
+
+  const controller = new AbortController()
+  return new Promise<T>((resolve, reject) => {
+    let settled = false
+    const finish = () => {
+      settled = true
+      clearTimeout(timer)
+      parent?.removeEventListener('abort', onParentAbort)
+    }
+    const onParentAbort = () => {
+      if (settled) return
+      finish()
+      const err = abortError(parent!, options.operation)
+      controller.abort(err)
+      reject(err)
+    }
+    const timer = setTimeout(() => {
+      if (settled) return
+      finish()
+      const err = new ResilientError(
+        'E_TIMEOUT',
+        `${options.operation ?? 'operation'} timed out after ${ms} ms`,
+        { details: { timeoutMs: ms } },
+      )
+      controller.abort(err)
+      reject(err)
+    }, ms)
+    parent?.addEventListener('abort', onParentAbort, { once: true })
+    let work: Promise<T>
+    try {
+      work = fn(controller.signal)
+    } catch (err) {
+      finish()
+      reject(err)
+      return
+    }
+    work.then(
+      (value) => {
+        if (settled) return
+        finish()
+        resolve(value)
+      },
+      (err) => {
+        if (settled) return
+        finish()
+        reject(err)
+      },
+    )
+  })
+}
+
+/** The error to reject with when a caller's signal aborted. */
+export function abortError(signal: AbortSignal, operation?: string): Error {
+  const reason = signal.reason
+  if (ResilientError.is(reason)) return reason
+  return new ResilientError('E_ABORTED', `${operation ?? 'operation'} was aborted`, { cause: reason })
+}
+
+/** Resolves after `ms`, or rejects when `signal` aborts. The timer never keeps the process alive. */
+export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  if (signal?.aborted) return Promise.reject(abortError(signal))
+  return new Promise((resolve, reject) => {
+    const onAbort = () => {
+      clearTimeout(timer)
+      reject(abortError(signal!))
+    }
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort)
+      resolve()
+    }, ms)
+    timer.unref?.()
+    signal?.addEventListener('abort', onAbort, { once: true })
+  })
+}
