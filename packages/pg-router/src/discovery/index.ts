@@ -1,0 +1,7 @@
+export type {
+  DiscoveredMember,
+  Discovery,
+  DiscoveryErrorEvent,
+  DiscoveryResult,
+  MemberRole,
+} from './types.js'
