@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Installs what the tests, the demo and the benchmarks need, then builds.
+# Sourced by scripts/test.sh, scripts/demo.sh and scripts/bench.sh. Idempotent.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PNPM_VERSION="10.34.9"
+PNPM=(npx --yes "pnpm@${PNPM_VERSION}")
+DEBIAN_PACKAGES=(postgresql-15 postgresql-client-15 patroni etcd-server etcd-client redis-server redis-sentinel pgbouncer haproxy)
+
+log() { printf '\n== %s\n' "$*"; }
+
+check_node() {
+  local v
+  v="$(node -p 'process.versions.node')"
+  node -e '
+    const [maj, min] = process.versions.node.split(".").map(Number)
+    if (!((maj === 20 && min >= 19) || (maj === 22 && min >= 12) || maj > 22)) process.exit(1)
+  ' || { echo "Node ${v} is too old: resilient needs ^20.19.0 || >=22.12.0" >&2; exit 1; }
+}
+
+missing_binaries() {
+  local missing=()
+  [ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=(postgres)
+  for b in patroni patronictl etcd etcdctl redis-server redis-sentinel pgbouncer haproxy; do
+    command -v "$b" >/dev/null 2>&1 || [ -x "/usr/sbin/$b" ] || [ -x "/usr/bin/$b" ] || missing+=("$b")
+  done
+  echo "${missing[@]:-}"
+}
+
+install_debian_packages() {
+  local missing
+  missing="$(missing_binaries)"
+  [ -z "${missing// /}" ] && return 0
+  if [ "$(id -u)" != 0 ]; then
+    echo "missing: ${missing}. Install as root: apt-get install -y ${DEBIAN_PACKAGES[*]}" >&2
+    exit 1
+  fi
+  log "installing Debian packages (${missing})"
+  # Installing must not create or start a default cluster or service: the lab starts its own.
+  mkdir -p /etc/postgresql-common
+  [ -f /etc/postgresql-common/createcluster.conf ] || echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.conf
+  local policy_created=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && policy_created=1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${DEBIAN_PACKAGES[@]}" >/dev/null
+  [ "$policy_created" = 1 ] && rm -f /usr/sbin/policy-rc.d
+  return 0
+}
+
+install_node_deps() {
+  log "installing dependencies (pnpm ${PNPM_VERSION})"
+  cd "$ROOT"
+  local args=(install --reporter=append-only)
+  [ -n "${CI:-}" ] && args+=(--frozen-lockfile)
+  local out status=0
+  out="$("${PNPM[@]}" "${args[@]}" 2>&1)" || status=$?
+  # The lab's bin points into dist/, which exists only after the build: that warning is expected.
+  printf '%s\n' "$out" | grep -v -E 'Failed to create bin|^$' || true
+  [ "$status" = 0 ] || { echo "pnpm install failed (exit ${status})" >&2; exit "$status"; }
+}
+
+build() {
+  log "building (tsc -b)"
+  cd "$ROOT"
+  "${PNPM[@]}" exec tsc -b
+}
+
+check_node
+install_debian_packages
+install_node_deps
+build
