@@ -1,3 +1,5 @@
+export type { PatroniAuthOptions, PatroniDiscoveryOptions, PatroniTlsOptions } from './patroni.js'
+export { createPatroniDiscovery, DEFAULT_PATRONI_DISCOVERY_OPTIONS } from './patroni.js'
 export type {
   DiscoveredMember,
   Discovery,
