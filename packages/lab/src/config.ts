@@ -1,0 +1,232 @@
+/**
+ * Pure generation of every server's configuration: no I/O here, so it is unit-tested as is.
+ */
+
+export const PG_BIN_DIR = '/usr/lib/postgresql/15/bin'
+export const HOST = '127.0.0.1'
+export const SENTINEL_MASTER_NAME = 'resilient'
+
+/** The Patroni DCS settings checked on these machines (see FACTS.md). Identical on every member. */
+export const DCS_DEFAULTS = {
+  ttl: 10,
+  loop_wait: 2,
+  retry_timeout: 5,
+  maximum_lag_on_failover: 1_048_576,
+} as const
+
+export interface PatroniMemberConfigInput {
+  scope: string
+  name: string
+  /** PostgreSQL port on 127.0.0.1. */
+  port: number
+  /** Patroni REST API port on 127.0.0.1. */
+  apiPort: number
+  etcdClientPort: number
+  dataDir: string
+  pgpassPath: string
+  superuser: { username: string; password: string }
+  replication: { username: string; password: string }
+  synchronousMode: boolean
+  binDir?: string
+}
+
+/**
+ * The Patroni configuration of one member, as a plain object. Patroni reads YAML and JSON is
+ * YAML, so the file is written with JSON.stringify: no YAML dependency and no quoting pitfalls.
+ */
+export function patroniConfig(input: PatroniMemberConfigInput): Record<string, unknown> {
+  const hba = [
+    'local all all trust',
+    `host replication ${input.replication.username} ${HOST}/32 trust`,
+    `host all all ${HOST}/32 scram-sha-256`,
+  ]
+  return {
+    scope: input.scope,
+    namespace: '/resilient-lab/',
+    name: input.name,
+    log: { level: 'INFO', format: '%(asctime)s %(levelname)s: %(message)s' },
+    restapi: {
+      listen: `${HOST}:${input.apiPort}`,
+      connect_address: `${HOST}:${input.apiPort}`,
+    },
+    etcd3: { hosts: [`${HOST}:${input.etcdClientPort}`] },
+    bootstrap: {
+      dcs: {
+        ...DCS_DEFAULTS,
+        synchronous_mode: input.synchronousMode,
+        postgresql: {
+          use_pg_rewind: true,
+          use_slots: true,
+          // "Important" parameters live in the DCS so that every member agrees on them.
+          parameters: {
+            wal_level: 'replica',
+            hot_standby: 'on',
+            max_connections: 100,
+            max_wal_senders: 10,
+            max_replication_slots: 10,
+            max_worker_processes: 8,
+            wal_log_hints: 'on',
+            wal_keep_size: '128MB',
+          },
+        },
+      },
+      // --no-sync: a lab's data need not survive an OS crash; initdb is several seconds faster.
+      initdb: [{ encoding: 'UTF8' }, { locale: 'C' }, 'no-sync'],
+    },
+    postgresql: {
+      listen: `${HOST}:${input.port}`,
+      connect_address: `${HOST}:${input.port}`,
+      data_dir: input.dataDir,
+      bin_dir: input.binDir ?? PG_BIN_DIR,
+      pgpass: input.pgpassPath,
+      use_unix_socket: true,
+      authentication: {
+        superuser: input.superuser,
+        replication: input.replication,
+      },
+      parameters: {
+        unix_socket_directories: input.dataDir,
+        shared_buffers: '32MB',
+        // A process crash (kill -9) loses nothing with fsync off; only an OS crash would.
+        fsync: 'off',
+        full_page_writes: 'on',
+        password_encryption: 'scram-sha-256',
+        logging_collector: 'off',
+        log_line_prefix: '%m [%p] ',
+        log_min_messages: 'warning',
+      },
+      pg_hba: hba,
+      basebackup: [{ checkpoint: 'fast' }, 'no-sync'],
+    },
+    tags: { nofailover: false, noloadbalance: false, clonefrom: false, nosync: false },
+  }
+}
+
+export interface EtcdInput {
+  name: string
+  dataDir: string
+  clientPort: number
+  peerPort: number
+  token: string
+}
+
+export function etcdArgs(input: EtcdInput): string[] {
+  const client = `http://${HOST}:${input.clientPort}`
+  const peer = `http://${HOST}:${input.peerPort}`
+  return [
+    '--name',
+    input.name,
+    '--data-dir',
+    input.dataDir,
+    '--listen-client-urls',
+    client,
+    '--advertise-client-urls',
+    client,
+    '--listen-peer-urls',
+    peer,
+    '--initial-advertise-peer-urls',
+    peer,
+    '--initial-cluster',
+    `${input.name}=${peer}`,
+    '--initial-cluster-state',
+    'new',
+    '--initial-cluster-token',
+    input.token,
+    '--enable-v2=true',
+    '--log-level',
+    'warn',
+    '--logger',
+    'zap',
+  ]
+}
+
+export interface RedisInput {
+  port: number
+  dir: string
+  /** When set, this server starts as a replica of 127.0.0.1:replicaOf. */
+  replicaOf?: number
+}
+
+/** redis-server arguments. No persistence: a restart starts empty, as a cache usually does. */
+export function redisArgs(input: RedisInput): string[] {
+  const args = [
+    '--port',
+    String(input.port),
+    '--bind',
+    HOST,
+    '--dir',
+    input.dir,
+    '--daemonize',
+    'no',
+    '--protected-mode',
+    'no',
+    '--save',
+    '',
+    '--appendonly',
+    'no',
+    '--logfile',
+    '',
+    '--loglevel',
+    'notice',
+  ]
+  if (input.replicaOf !== undefined) {
+    args.push('--replicaof', HOST, String(input.replicaOf), '--replica-announce-ip', HOST)
+  }
+  return args
+}
+
+export interface SentinelInput {
+  port: number
+  dir: string
+  masterPort: number
+  quorum: number
+  name?: string
+  downAfterMs?: number
+  failoverTimeoutMs?: number
+}
+
+/** A sentinel.conf (Sentinel rewrites this file, so it must be a writable file of its own). */
+export function sentinelConf(input: SentinelInput): string {
+  const name = input.name ?? SENTINEL_MASTER_NAME
+  return [
+    `port ${input.port}`,
+    `bind ${HOST}`,
+    'protected-mode no',
+    'daemonize no',
+    `dir ${input.dir}`,
+    'logfile ""',
+    `sentinel announce-ip ${HOST}`,
+    `sentinel monitor ${name} ${HOST} ${input.masterPort} ${input.quorum}`,
+    `sentinel down-after-milliseconds ${name} ${input.downAfterMs ?? 1000}`,
+    `sentinel failover-timeout ${name} ${input.failoverTimeoutMs ?? 10_000}`,
+    `sentinel parallel-syncs ${name} 1`,
+    '',
+  ].join('\n')
+}
+
+/** A Patroni scope unique to one lab folder: letters, digits and dashes only. */
+export function scopeFor(baseDir: string): string {
+  const tail = baseDir.split('/').filter(Boolean).pop() ?? 'lab'
+  const cleaned = tail
+    .replace(/[^A-Za-z0-9-]/g, '-')
+    .replace(/-+/g, '-')
+    .replace(/^-|-$/g, '')
+  return `lab-${cleaned || 'x'}`.slice(0, 60)
+}
+
+/** A random password of URL-safe characters (no quoting needed in URLs, pgpass or YAML). */
+export function randomPassword(bytes: Uint8Array): string {
+  const alphabet = 'ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789'
+  let out = ''
+  for (const b of bytes) out += alphabet[b % alphabet.length]
+  return out
+}
+
+/** postgres://user:password@127.0.0.1:port/database */
+export function connectionString(
+  creds: { user: string; password: string; database: string },
+  host: string,
+  port: number,
+): string {
+  return `postgres://${encodeURIComponent(creds.user)}:${encodeURIComponent(creds.password)}@${host}:${port}/${encodeURIComponent(creds.database)}`
+}

@@ -1,0 +1,42 @@
+export {
+  connectionString,
+  DCS_DEFAULTS,
+  etcdArgs,
+  patroniConfig,
+  redisArgs,
+  SENTINEL_MASTER_NAME,
+  scopeFor,
+  sentinelConf,
+} from './config.js'
+export {
+  type ClusterInfo,
+  type ClusterMember,
+  Lab,
+  type LabMember,
+  type LabMemberStatus,
+  type LabOptions,
+  type LabStatus,
+  parsePsqlOutput,
+  type RedisAddress,
+  type SentinelInfo,
+  startLab,
+} from './lab.js'
+export {
+  ensurePackages,
+  missingPackages,
+  missingPackagesError,
+  type Requirement,
+  requirements,
+} from './packages.js'
+export { canListen, kernelPort, PortAllocator } from './ports.js'
+export { parseReply, RespError, type RespValue, redisCommand } from './resp.js'
+export {
+  type LabState,
+  parseState,
+  readState,
+  STATE_FILE,
+  serializeState,
+  statePath,
+  writeState,
+} from './state.js'
+export { isProcessAlive, waitFor } from './util.js'

@@ -1,0 +1,1228 @@
+import { execFile, spawn } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import {
+  chownSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  realpathSync,
+  writeFileSync,
+} from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
+import {
+  connectionString as buildConnectionString,
+  etcdArgs,
+  HOST,
+  PG_BIN_DIR,
+  patroniConfig,
+  randomPassword,
+  redisArgs,
+  SENTINEL_MASTER_NAME,
+  scopeFor,
+  sentinelConf,
+} from './config.js'
+import { ensurePackages, requirements } from './packages.js'
+import { defaultRegistryDir, PortAllocator } from './ports.js'
+import {
+  killLabSync,
+  postgresUser,
+  type RunAs,
+  serverPids,
+  spawnServer,
+  teardown,
+  WATCHDOG_SOURCE,
+} from './procs.js'
+import { parseInfo, RespError, type RespValue, redisCommand } from './resp.js'
+import { type LabState, type MemberState, type RedisNodeState, STATE_VERSION, writeState } from './state.js'
+import { errorMessage, isProcessAlive, readPostmasterPid, signalTree, waitFor, waitForExit } from './util.js'
+
+export interface LabOptions {
+  /** Patroni members; 0 starts no PostgreSQL (and no etcd) at all. Default 3. */
+  nodes?: number
+  /** Patroni `synchronous_mode`. Default false. */
+  synchronousMode?: boolean
+  /** Start a Redis server. Default true (forced on by `sentinel`). */
+  redis?: boolean
+  /** Also a Redis replica and 3 sentinels monitoring master name 'resilient'. Default false. */
+  sentinel?: boolean
+  /** The lab folder. Default: a fresh mkdtemp folder under os.tmpdir() (resilient-lab-XXXXXX). */
+  baseDir?: string
+  log?: (line: string) => void
+  /** How long startLab waits for the whole lab to be ready. Default 90 000 ms. */
+  readyTimeoutMs?: number
+  /**
+   * Keep the servers running after this process exits (the CLI's `up`): no exit hooks, no
+   * watchdog; end the lab with down() or `resilient-lab down`. Default false.
+   */
+  persistent?: boolean
+}
+
+export interface LabMember {
+  name: string
+  host: string
+  /** PostgreSQL port. */
+  port: number
+  /** Patroni REST API base URL. */
+  apiUrl: string
+}
+
+/** One member as Patroni's GET /cluster reports it (Patroni 3.0.2 field names). */
+export interface ClusterMember {
+  name: string
+  role: 'leader' | 'replica' | 'sync_standby' | 'standby_leader' | 'quorum_standby' | (string & {})
+  /** 'running', 'streaming' (Patroni >= 3.0.3 for replicas), 'stopped', 'starting', ... */
+  state: string
+  api_url: string
+  host?: string
+  port?: number
+  timeline?: number
+  /** Replication lag in bytes behind the leader's last known position; absent on the leader. */
+  lag?: number | 'unknown'
+  tags?: Record<string, unknown>
+  pending_restart?: boolean
+}
+
+export interface ClusterInfo {
+  members: ClusterMember[]
+  pause?: boolean
+  scheduled_switchover?: unknown
+}
+
+/** A lab member with what /cluster says about it right now. */
+export interface LabMemberStatus extends LabMember {
+  role: ClusterMember['role']
+  state: string
+  lag?: number | 'unknown'
+  timeline?: number
+}
+
+export interface RedisAddress {
+  host: string
+  port: number
+}
+
+export interface SentinelInfo {
+  sentinels: RedisAddress[]
+  name: string
+}
+
+const REPLICA_ROLES = new Set(['replica', 'sync_standby', 'quorum_standby'])
+const RUNNING_STATES = new Set(['running', 'streaming'])
+
+/** Processes started by labs of this process, killed synchronously if the process exits. */
+const ownedLabs = new Set<Lab>()
+let hooksInstalled = false
+
+function onProcessExit(): void {
+  for (const lab of ownedLabs) lab.killNow()
+}
+
+function onSignal(signal: NodeJS.Signals): void {
+  onProcessExit()
+  removeHooks()
+  // Re-raise so that the default action (or whoever else listens) still happens.
+  if (process.listenerCount(signal) === 0) process.kill(process.pid, signal)
+}
+
+const signalHandlers: Partial<Record<NodeJS.Signals, () => void>> = {}
+
+function installHooks(): void {
+  if (hooksInstalled) return
+  hooksInstalled = true
+  process.on('exit', onProcessExit)
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    const handler = () => onSignal(sig)
+    signalHandlers[sig] = handler
+    process.on(sig, handler)
+  }
+}
+
+function removeHooks(): void {
+  if (!hooksInstalled) return
+  hooksInstalled = false
+  process.off('exit', onProcessExit)
+  for (const [sig, handler] of Object.entries(signalHandlers)) {
+    if (handler) process.off(sig, handler)
+    delete signalHandlers[sig as NodeJS.Signals]
+  }
+}
+
+/**
+ * A running lab. Created by startLab(), or rehydrated from its state file with
+ * Lab.fromState() (the CLI does that on every invocation).
+ */
+export class Lab {
+  readonly baseDir: string
+  #state: LabState
+  #log: (line: string) => void
+  #runAs: RunAs | undefined
+  #readyTimeoutMs: number
+  #lastLeader: string | undefined
+  #lastEndpoint = 0
+  #down = false
+  #owned: boolean
+
+  /** Use startLab() or Lab.fromState(). */
+  constructor(
+    state: LabState,
+    opts: { log?: (line: string) => void; readyTimeoutMs?: number; owned?: boolean } = {},
+  ) {
+    this.#state = state
+    this.baseDir = state.baseDir
+    this.#log = opts.log ?? (() => {})
+    this.#readyTimeoutMs = opts.readyTimeoutMs ?? 90_000
+    this.#runAs = postgresUser()
+    this.#owned = opts.owned ?? false
+    if (this.#owned) {
+      ownedLabs.add(this)
+      installHooks()
+    }
+  }
+
+  /** Rehydrates a lab from its state (or the folder holding lab.json). The processes keep running. */
+  static fromState(
+    state: LabState,
+    opts: { log?: (line: string) => void; readyTimeoutMs?: number } = {},
+  ): Lab {
+    return new Lab(state, opts)
+  }
+
+  /** A copy of the state (what lab.json holds). */
+  get state(): LabState {
+    return structuredClone(this.#state)
+  }
+
+  get patroni(): { endpoints: string[]; scope: string } {
+    return { endpoints: this.#state.members.map((m) => apiUrl(m)), scope: this.#state.scope }
+  }
+
+  get members(): LabMember[] {
+    return this.#state.members.map((m) => ({ name: m.name, host: HOST, port: m.port, apiUrl: apiUrl(m) }))
+  }
+
+  /** Credentials a client uses (password auth, scram-sha-256, on 127.0.0.1). */
+  get postgres(): { user: string; password: string; database: string } {
+    const p = this.#state.postgres
+    return { user: p.user, password: p.password, database: p.database }
+  }
+
+  /** Seconds startLab() took until the lab was ready. */
+  get bootSeconds(): number | undefined {
+    return this.#state.bootSeconds
+  }
+
+  /**
+   * postgres://user:password@127.0.0.1:port/postgres for a member; without a name, for the
+   * leader as last observed by this lab (startLab, cluster(), primary(), waitForPrimary(), ...).
+   */
+  connectionString(memberName?: string): string {
+    const name = memberName ?? this.#lastLeader ?? this.#state.members[0]?.name
+    const member = this.#state.members.find((m) => m.name === name)
+    if (!member) throw new Error(`no such member: ${String(name)}`)
+    return buildConnectionString(this.postgres, HOST, member.port)
+  }
+
+  /** The Redis server believed to be the primary (updated by waitForRedisFailover()). */
+  get redis(): RedisAddress {
+    const node = this.#redisPrimaryNode()
+    return { host: HOST, port: node?.port ?? 0 }
+  }
+
+  get redisNodes(): Array<RedisAddress & { name: string; pid?: number }> {
+    return this.#state.redis.map((r) => ({
+      name: r.name,
+      host: HOST,
+      port: r.port,
+      ...(r.pid ? { pid: r.pid } : {}),
+    }))
+  }
+
+  get sentinel(): SentinelInfo | undefined {
+    const s = this.#state.sentinel
+    if (!s) return undefined
+    return { sentinels: s.sentinels.map((x) => ({ host: HOST, port: x.port })), name: s.masterName }
+  }
+
+  /** Every PID this lab started (servers, watchdog), alive or not. */
+  pids(): number[] {
+    return [...this.#state.startedPids]
+  }
+
+  /** PIDs of the postmasters running now (started by Patroni, not by the lab). */
+  postmasterPids(): number[] {
+    return serverPids(this.#state).postmasters
+  }
+
+  // ---------------------------------------------------------------- Patroni
+
+  /** GET /cluster from the first member that answers. */
+  async cluster(): Promise<ClusterInfo> {
+    const members = this.#state.members
+    if (members.length === 0) throw new Error('this lab has no Patroni members (nodes: 0)')
+    let lastError: unknown
+    for (let i = 0; i < members.length; i++) {
+      const index = (this.#lastEndpoint + i) % members.length
+      const member = members[index]!
+      try {
+        const res = await fetch(`${apiUrl(member)}/cluster`, { signal: AbortSignal.timeout(1500) })
+        if (!res.ok) throw new Error(`GET /cluster answered ${res.status}`)
+        const body = (await res.json()) as ClusterInfo
+        this.#lastEndpoint = index
+        const leader = body.members.find((m) => m.role === 'leader' || m.role === 'standby_leader')
+        if (leader) this.#lastLeader = leader.name
+        return body
+      } catch (err) {
+        lastError = err
+      }
+    }
+    throw new Error(`no Patroni endpoint answered GET /cluster: ${errorMessage(lastError)}`, {
+      cause: lastError,
+    })
+  }
+
+  /** The current leader according to /cluster, or undefined. */
+  async primary(): Promise<LabMemberStatus | undefined> {
+    const cluster = await this.cluster()
+    const leader = cluster.members.find((m) => m.role === 'leader' || m.role === 'standby_leader')
+    return leader ? this.#status(leader) : undefined
+  }
+
+  /** Members that /cluster shows as running replicas (role replica/sync_standby, lag known). */
+  async replicas(): Promise<LabMemberStatus[]> {
+    const cluster = await this.cluster()
+    return cluster.members
+      .filter((m) => REPLICA_ROLES.has(m.role) && RUNNING_STATES.has(m.state) && typeof m.lag === 'number')
+      .map((m) => this.#status(m))
+  }
+
+  /**
+   * Resolves with the leader once /cluster shows a running leader other than `not` whose
+   * Patroni answers 200 on GET /primary.
+   */
+  async waitForPrimary(opts: { not?: string; timeoutMs?: number } = {}): Promise<LabMemberStatus> {
+    const timeoutMs = opts.timeoutMs ?? this.#readyTimeoutMs
+    return waitFor(
+      opts.not ? `a leader other than ${opts.not}` : 'a leader',
+      async () => {
+        const leader = await this.primary()
+        if (!leader || leader.name === opts.not || leader.state !== 'running') return undefined
+        const res = await fetch(`${leader.apiUrl}/primary`, { signal: AbortSignal.timeout(1000) })
+        await res.body?.cancel()
+        return res.status === 200 ? leader : undefined
+      },
+      { timeoutMs, intervalMs: 100 },
+    )
+  }
+
+  /**
+   * Resolves once at least `n` replicas run with a known lag in /cluster AND the leader's
+   * pg_stat_replication shows each of them 'streaming'.
+   */
+  async waitForReplicas(n: number, opts: { timeoutMs?: number } = {}): Promise<LabMemberStatus[]> {
+    const timeoutMs = opts.timeoutMs ?? this.#readyTimeoutMs
+    return waitFor(
+      `${n} streaming replica(s)`,
+      async () => {
+        const cluster = await this.cluster()
+        const leader = cluster.members.find((m) => m.role === 'leader' && m.state === 'running')
+        if (!leader) return undefined
+        const replicas = cluster.members.filter(
+          (m) => REPLICA_ROLES.has(m.role) && RUNNING_STATES.has(m.state) && typeof m.lag === 'number',
+        )
+        if (replicas.length < n) return undefined
+        const rows = await this.sql(
+          "select application_name from pg_stat_replication where state = 'streaming'",
+          leader.name,
+        )
+        const streaming = new Set(rows.map((r) => r[0]))
+        const confirmed = replicas.filter((r) => streaming.has(r.name))
+        return confirmed.length >= n ? confirmed.map((m) => this.#status(m)) : undefined
+      },
+      { timeoutMs, intervalMs: 250 },
+    )
+  }
+
+  /** Waits until a member shows `state` 'running' in /cluster (optionally with a role). */
+  async waitForMember(
+    name: string,
+    opts: { role?: 'leader' | 'replica'; timeoutMs?: number } = {},
+  ): Promise<LabMemberStatus> {
+    this.#member(name)
+    return waitFor(
+      `member ${name} running${opts.role ? ` as ${opts.role}` : ''}`,
+      async () => {
+        const cluster = await this.cluster()
+        const m = cluster.members.find((x) => x.name === name)
+        if (!m || !RUNNING_STATES.has(m.state)) return undefined
+        if (opts.role === 'leader' && m.role !== 'leader') return undefined
+        if (opts.role === 'replica' && !(REPLICA_ROLES.has(m.role) && typeof m.lag === 'number'))
+          return undefined
+        return this.#status(m)
+      },
+      { timeoutMs: opts.timeoutMs ?? this.#readyTimeoutMs, intervalMs: 200 },
+    )
+  }
+
+  /** kill -9 the leader's Patroni and its postmaster (whole process groups). Returns its name. */
+  async killPrimary(): Promise<string> {
+    const leader = await this.primary()
+    if (!leader) throw new Error('there is no leader to kill')
+    await this.stopMember(leader.name)
+    return leader.name
+  }
+
+  /**
+   * Stops a member. Default: kill -9 of its Patroni and its postmaster (a crash; PostgreSQL's
+   * shared memory is freed when it starts again). `graceful: true`: SIGTERM to Patroni, which
+   * stops PostgreSQL (fast mode) and hands the leader key over if it held it.
+   */
+  async stopMember(name: string, opts: { graceful?: boolean; timeoutMs?: number } = {}): Promise<void> {
+    const member = this.#member(name)
+    const pm = readPostmasterPid(member.dataDir)
+    const postmaster = pm && isProcessAlive(pm.pid) ? pm.pid : undefined
+    if (opts.graceful) {
+      if (member.pid) signalTree(member.pid, 'SIGTERM', this.baseDir)
+      const left = await waitForExit(
+        [...(member.pid ? [member.pid] : []), ...(postmaster ? [postmaster] : [])],
+        opts.timeoutMs ?? 60_000,
+      )
+      if (left.length > 0)
+        throw new Error(`member ${name} did not stop within the timeout (pids ${left.join(' ')})`)
+    } else {
+      if (member.pid) signalTree(member.pid, 'SIGKILL', this.baseDir)
+      if (postmaster) signalTree(postmaster, 'SIGKILL', this.baseDir)
+      const left = await waitForExit(
+        [...(member.pid ? [member.pid] : []), ...(postmaster ? [postmaster] : [])],
+        opts.timeoutMs ?? 10_000,
+      )
+      if (left.length > 0) throw new Error(`member ${name} did not die (pids ${left.join(' ')})`)
+    }
+    this.#log(`stopped ${name}${opts.graceful ? ' (graceful)' : ' (kill -9)'}`)
+    delete member.pid
+    this.#save()
+  }
+
+  /**
+   * Starts a stopped member's Patroni again; it rejoins as a replica (pg_rewind when needed).
+   * Resolves when /cluster shows it running (`wait: false`: as soon as the process exists).
+   */
+  async startMember(name: string, opts: { wait?: boolean; timeoutMs?: number } = {}): Promise<void> {
+    const member = this.#member(name)
+    if (member.pid && isProcessAlive(member.pid))
+      throw new Error(`member ${name} is already running (pid ${member.pid})`)
+    await this.#spawnPatroni(member)
+    this.#log(`started ${name} (pid ${member.pid})`)
+    if (opts.wait !== false)
+      await this.waitForMember(name, { timeoutMs: opts.timeoutMs ?? this.#readyTimeoutMs })
+  }
+
+  /**
+   * Planned switchover through Patroni's REST API (POST /switchover on the leader). Resolves
+   * with the new leader once it is running (the candidate, when one is given).
+   */
+  async switchover(opts: { candidate?: string; timeoutMs?: number } = {}): Promise<LabMemberStatus> {
+    const timeoutMs = opts.timeoutMs ?? this.#readyTimeoutMs
+    const leader = await this.primary()
+    if (!leader) throw new Error('there is no leader to switch over from')
+    if (opts.candidate) this.#member(opts.candidate)
+    if (opts.candidate === leader.name) throw new Error(`${opts.candidate} is already the leader`)
+    const body = JSON.stringify({
+      leader: leader.name,
+      ...(opts.candidate ? { candidate: opts.candidate } : {}),
+    })
+    // Patroni refuses a switchover while no healthy candidate exists (e.g. just after a
+    // rejoin, before a replica reports its lag): retry that for a while.
+    await waitFor(
+      'Patroni to accept the switchover',
+      async () => {
+        const res = await fetch(`${leader.apiUrl}/switchover`, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body,
+          signal: AbortSignal.timeout(Math.max(5000, timeoutMs)),
+        })
+        const text = await res.text()
+        if (res.status === 200 || res.status === 202) return true
+        if (res.status === 412 || res.status === 503)
+          throw new Error(`POST /switchover ${res.status}: ${text.trim()}`)
+        throw Object.assign(new Error(`POST /switchover ${res.status}: ${text.trim()}`), { fatal: true })
+      },
+      { timeoutMs, intervalMs: 500 },
+    )
+    const next = await this.waitForPrimary({ not: leader.name, timeoutMs })
+    if (opts.candidate && next.name !== opts.candidate) {
+      throw new Error(`switchover made ${next.name} the leader, not ${opts.candidate}`)
+    }
+    return next
+  }
+
+  /**
+   * Runs one SQL statement with psql on a member (the current leader by default) and returns
+   * the rows as arrays of text (NULL as ''). Throws with psql's message on error.
+   */
+  async sql(text: string, memberName?: string): Promise<string[][]> {
+    let name = memberName
+    if (!name) {
+      const leader = await this.primary()
+      if (!leader) throw new Error('there is no leader to run SQL on')
+      name = leader.name
+    }
+    const member = this.#member(name)
+    const p = this.#state.postgres
+    const args = [
+      '-X',
+      '-q',
+      '-A',
+      '-t',
+      '-F',
+      '\x1f',
+      '-R',
+      '\x1e',
+      '-v',
+      'ON_ERROR_STOP=1',
+      '-h',
+      HOST,
+      '-p',
+      String(member.port),
+      '-U',
+      p.user,
+      '-d',
+      p.database,
+      '-c',
+      text,
+    ]
+    const out = await new Promise<string>((resolvePromise, reject) => {
+      execFile(
+        `${PG_BIN_DIR}/psql`,
+        args,
+        {
+          env: {
+            PATH: process.env.PATH ?? '',
+            PGPASSWORD: p.password,
+            PGCONNECT_TIMEOUT: '5',
+            PGAPPNAME: 'resilient-lab',
+          },
+          timeout: 30_000,
+          maxBuffer: 64 * 1024 * 1024,
+        },
+        (err, stdout, stderr) => {
+          if (err) reject(new Error(`psql on ${name}: ${stderr.trim() || err.message}`))
+          else resolvePromise(stdout)
+        },
+      )
+    })
+    return parsePsqlOutput(out)
+  }
+
+  // ---------------------------------------------------------------- Redis
+
+  /** SIGSTOP the Redis primary: it still accepts TCP connections but never answers. */
+  async pauseRedis(): Promise<void> {
+    const node = this.#requireRedisPrimary()
+    if (!node.pid) throw new Error(`${node.name} is not running`)
+    process.kill(node.pid, 'SIGSTOP')
+    this.#log(`paused ${node.name} (SIGSTOP ${node.pid})`)
+  }
+
+  async resumeRedis(): Promise<void> {
+    const node = this.#requireRedisPrimary()
+    if (!node.pid) throw new Error(`${node.name} is not running`)
+    process.kill(node.pid, 'SIGCONT')
+    this.#log(`resumed ${node.name} (SIGCONT ${node.pid})`)
+  }
+
+  /** kill -9 the Redis primary. */
+  async killRedis(): Promise<void> {
+    await this.#killRedisNode(this.#requireRedisPrimary())
+  }
+
+  /** Starts the Redis primary again on the same port with the same folder; resolves when it answers PING. */
+  async restartRedis(): Promise<void> {
+    const node = this.#requireRedisPrimary()
+    if (node.pid && isProcessAlive(node.pid)) await this.#killRedisNode(node)
+    await this.#spawnRedis(node, node.startedAsReplica ? this.#state.redis[0]?.port : undefined)
+    await this.#waitForPing(node.port, this.#readyTimeoutMs)
+  }
+
+  /** Starts any stopped Redis server of the lab again (by name, e.g. 'redis0' or 'redis1'). */
+  async restartRedisNode(name: string): Promise<void> {
+    const node = this.#state.redis.find((r) => r.name === name)
+    if (!node) throw new Error(`no such Redis server: ${name}`)
+    if (node.pid && isProcessAlive(node.pid)) await this.#killRedisNode(node)
+    await this.#spawnRedis(node, node.startedAsReplica ? this.#state.redis[0]?.port : undefined)
+    await this.#waitForPing(node.port, this.#readyTimeoutMs)
+  }
+
+  /** Sentinel mode: kill -9 the server the sentinels call master. Returns its address. */
+  async killRedisPrimary(): Promise<RedisAddress & { name: string }> {
+    const addr = await this.sentinelMaster()
+    const node = this.#state.redis.find((r) => r.port === addr.port)
+    if (!node) throw new Error(`the sentinels' master ${addr.host}:${addr.port} is not a server of this lab`)
+    await this.#killRedisNode(node)
+    return { name: node.name, host: HOST, port: node.port }
+  }
+
+  /** Sentinel mode: the master address according to the first sentinel that answers. */
+  async sentinelMaster(): Promise<RedisAddress> {
+    const s = this.#state.sentinel
+    if (!s) throw new Error('this lab has no sentinels (start it with sentinel: true)')
+    let lastError: unknown
+    for (const sentinel of s.sentinels) {
+      try {
+        const reply = await redisCommand(sentinel.port, ['SENTINEL', 'get-master-addr-by-name', s.masterName])
+        if (Array.isArray(reply) && typeof reply[0] === 'string' && typeof reply[1] === 'string') {
+          return { host: reply[0], port: Number(reply[1]) }
+        }
+        lastError = new Error(`unexpected reply ${JSON.stringify(reply)}`)
+      } catch (err) {
+        lastError = err
+      }
+    }
+    throw new Error(`no sentinel answered: ${errorMessage(lastError)}`, { cause: lastError })
+  }
+
+  /**
+   * Sentinel mode: resolves once a majority of sentinels name a master other than `not`
+   * (default: the primary known before) and that server answers ROLE with 'master'.
+   * Updates lab.redis.
+   */
+  async waitForRedisFailover(opts: { not?: number; timeoutMs?: number } = {}): Promise<RedisAddress> {
+    const s = this.#state.sentinel
+    if (!s) throw new Error('this lab has no sentinels (start it with sentinel: true)')
+    const oldPort = opts.not ?? this.redis.port
+    const addr = await waitFor(
+      `the sentinels to promote a new Redis master (not ${oldPort})`,
+      async () => {
+        const answers = await Promise.all(
+          s.sentinels.map((x) =>
+            redisCommand(x.port, ['SENTINEL', 'get-master-addr-by-name', s.masterName], {
+              timeoutMs: 500,
+            }).catch(() => null),
+          ),
+        )
+        const ports = answers.flatMap((a) =>
+          Array.isArray(a) && typeof a[1] === 'string' ? [Number(a[1])] : [],
+        )
+        const moved = ports.filter((p) => p !== oldPort)
+        const candidate = moved[0]
+        if (candidate === undefined || moved.filter((p) => p === candidate).length < s.quorum)
+          return undefined
+        const role = await redisCommand(candidate, ['ROLE'], { timeoutMs: 500 })
+        return Array.isArray(role) && role[0] === 'master' ? { host: HOST, port: candidate } : undefined
+      },
+      { timeoutMs: opts.timeoutMs ?? this.#readyTimeoutMs, intervalMs: 100 },
+    )
+    const node = this.#state.redis.find((r) => r.port === addr.port)
+    if (node) {
+      this.#state.redisPrimary = node.name
+      this.#save()
+    }
+    return addr
+  }
+
+  /** One Redis command to a server of the lab (the primary by default). */
+  async redisCommand(args: string[], port = this.redis.port, timeoutMs = 1000): Promise<RespValue> {
+    return redisCommand(port, args, { timeoutMs })
+  }
+
+  // ---------------------------------------------------------------- status & teardown
+
+  /** A summary for humans and the CLI's status verb. */
+  async status(): Promise<LabStatus> {
+    const out: LabStatus = {
+      baseDir: this.baseDir,
+      scope: this.#state.scope,
+      members: [],
+      redis: [],
+      sentinels: [],
+    }
+    if (this.#state.members.length > 0) {
+      try {
+        const cluster = await this.cluster()
+        for (const m of this.#state.members) {
+          const c = cluster.members.find((x) => x.name === m.name)
+          out.members.push({
+            name: m.name,
+            port: m.port,
+            apiUrl: apiUrl(m),
+            pid: m.pid,
+            role: c?.role ?? 'absent',
+            state: c?.state ?? (m.pid && isProcessAlive(m.pid) ? 'starting' : 'stopped'),
+            ...(c?.lag !== undefined ? { lag: c.lag } : {}),
+            ...(c?.timeline !== undefined ? { timeline: c.timeline } : {}),
+          })
+        }
+      } catch (err) {
+        out.patroniError = errorMessage(err)
+        for (const m of this.#state.members) {
+          out.members.push({
+            name: m.name,
+            port: m.port,
+            apiUrl: apiUrl(m),
+            pid: m.pid,
+            role: 'unknown',
+            state: m.pid && isProcessAlive(m.pid) ? 'unreachable' : 'stopped',
+          })
+        }
+      }
+    }
+    for (const r of this.#state.redis) {
+      let role = 'down'
+      let detail = ''
+      try {
+        const reply = await redisCommand(r.port, ['INFO', 'replication'], { timeoutMs: 500 })
+        if (typeof reply === 'string') {
+          const info = parseInfo(reply)
+          role = info.role ?? 'unknown'
+          if (role === 'slave') {
+            role = 'replica'
+            detail = `of ${info.master_host}:${info.master_port} link ${info.master_link_status}`
+          } else {
+            detail = `${info.connected_slaves ?? 0} replica(s)`
+          }
+        }
+      } catch (err) {
+        role = r.pid && isProcessAlive(r.pid) ? 'not answering' : 'down'
+        detail = errorMessage(err)
+      }
+      out.redis.push({ name: r.name, port: r.port, pid: r.pid, role, detail })
+    }
+    for (const s of this.#state.sentinel?.sentinels ?? []) {
+      let master = ''
+      let ok = false
+      try {
+        const reply = await redisCommand(
+          s.port,
+          ['SENTINEL', 'get-master-addr-by-name', this.#state.sentinel!.masterName],
+          {
+            timeoutMs: 500,
+          },
+        )
+        if (Array.isArray(reply)) {
+          master = `${String(reply[0])}:${String(reply[1])}`
+          ok = true
+        }
+      } catch (err) {
+        master = errorMessage(err)
+      }
+      out.sentinels.push({ name: s.name, port: s.port, pid: s.pid, ok, master })
+    }
+    return out
+  }
+
+  /**
+   * Stops every process the lab started, by PID (process groups), and removes its folder and
+   * port reservations. Idempotent.
+   */
+  async down(): Promise<void> {
+    if (this.#down) return
+    this.#down = true
+    const alive = await teardown(this.#state, this.#log)
+    ownedLabs.delete(this)
+    if (ownedLabs.size === 0) removeHooks()
+    if (alive.length > 0) throw new Error(`lab down: PIDs still alive: ${alive.join(' ')}`)
+    this.#log(`lab ${this.baseDir} is down`)
+  }
+
+  /** Synchronous kill -9 of everything (process exit hooks). Prefer down(). */
+  killNow(): void {
+    if (this.#down) return
+    this.#down = true
+    killLabSync(this.#state)
+    ownedLabs.delete(this)
+  }
+
+  // ---------------------------------------------------------------- internals (startLab uses these)
+
+  /** @internal */
+  async bootEtcd(): Promise<void> {
+    const etcd = this.#state.etcd
+    if (!etcd) return
+    const pid = await spawnServer({
+      cmd: 'etcd',
+      args: etcdArgs({
+        name: 'etcd0',
+        dataDir: join(etcd.dir, 'data'),
+        clientPort: etcd.clientPort,
+        peerPort: etcd.peerPort,
+        token: this.#state.scope,
+      }),
+      cwd: etcd.dir,
+      logPath: etcd.logPath,
+      runAs: this.#runAs,
+    })
+    etcd.pid = pid
+    this.#recordPid(pid)
+  }
+
+  /** @internal */
+  async waitForEtcd(timeoutMs: number): Promise<void> {
+    const etcd = this.#state.etcd
+    if (!etcd) return
+    await waitFor(
+      'etcd to be healthy',
+      async () => {
+        if (etcd.pid && !isProcessAlive(etcd.pid))
+          throw fatal(`etcd exited; see ${etcd.logPath}\n${tail(etcd.logPath)}`)
+        const res = await fetch(`http://${HOST}:${etcd.clientPort}/health`, {
+          signal: AbortSignal.timeout(1000),
+        })
+        const body = (await res.json()) as { health?: string }
+        return body.health === 'true' ? true : undefined
+      },
+      { timeoutMs, intervalMs: 100 },
+    )
+  }
+
+  /** @internal */
+  async bootPatroni(): Promise<void> {
+    for (const member of this.#state.members) await this.#spawnPatroni(member)
+  }
+
+  /** @internal Waits for one leader and every other member streaming. */
+  async waitForCluster(timeoutMs: number): Promise<void> {
+    const n = this.#state.members.length
+    if (n === 0) return
+    const deadline = Date.now() + timeoutMs
+    const check = () => {
+      for (const m of this.#state.members) {
+        if (m.pid && !isProcessAlive(m.pid))
+          throw fatal(`patroni ${m.name} exited; see ${m.logPath}\n${tail(m.logPath)}`)
+      }
+    }
+    await waitFor(
+      'a Patroni leader',
+      async () => {
+        check()
+        const leader = await this.primary().catch(() => undefined)
+        return leader?.state === 'running' ? leader : undefined
+      },
+      { timeoutMs, intervalMs: 200 },
+    )
+    if (n > 1) {
+      await waitFor(
+        `${n - 1} streaming replica(s)`,
+        async () => {
+          check()
+          return this.waitForReplicas(n - 1, { timeoutMs: 1 }).catch(() => undefined)
+        },
+        { timeoutMs: Math.max(1, deadline - Date.now()), intervalMs: 250 },
+      )
+    }
+  }
+
+  /** @internal */
+  async bootRedis(): Promise<void> {
+    const [primary, ...replicas] = this.#state.redis
+    if (!primary) return
+    await this.#spawnRedis(primary)
+    for (const r of replicas) await this.#spawnRedis(r, primary.port)
+  }
+
+  /** @internal */
+  async waitForRedis(timeoutMs: number): Promise<void> {
+    const [primary, ...replicas] = this.#state.redis
+    if (!primary) return
+    await this.#waitForPing(primary.port, timeoutMs)
+    for (const r of replicas) {
+      await waitFor(
+        `${r.name} to replicate`,
+        async () => {
+          const reply = await redisCommand(r.port, ['INFO', 'replication'], { timeoutMs: 500 })
+          return typeof reply === 'string' && parseInfo(reply).master_link_status === 'up' ? true : undefined
+        },
+        { timeoutMs, intervalMs: 100 },
+      )
+    }
+  }
+
+  /** @internal */
+  async bootSentinels(): Promise<void> {
+    const s = this.#state.sentinel
+    const primary = this.#state.redis[0]
+    if (!s || !primary) return
+    for (const sentinel of s.sentinels) {
+      writeFileSync(
+        sentinel.confPath,
+        sentinelConf({
+          port: sentinel.port,
+          dir: sentinel.dir,
+          masterPort: primary.port,
+          quorum: s.quorum,
+          name: s.masterName,
+        }),
+      )
+      const pid = await spawnServer({
+        cmd: 'redis-sentinel',
+        args: [sentinel.confPath],
+        cwd: sentinel.dir,
+        logPath: sentinel.logPath,
+      })
+      sentinel.pid = pid
+      this.#recordPid(pid)
+    }
+  }
+
+  /** @internal Every sentinel knows the master, its replica and the other sentinels. */
+  async waitForSentinels(timeoutMs: number): Promise<void> {
+    const s = this.#state.sentinel
+    if (!s) return
+    const replicas = this.#state.redis.length - 1
+    for (const sentinel of s.sentinels) {
+      await waitFor(
+        `sentinel ${sentinel.name} to see the master, ${replicas} replica(s) and ${s.sentinels.length - 1} other sentinel(s)`,
+        async () => {
+          const reply = await redisCommand(sentinel.port, ['SENTINEL', 'master', s.masterName], {
+            timeoutMs: 500,
+          })
+          if (!Array.isArray(reply)) return undefined
+          const info = pairs(reply)
+          const ok =
+            Number(info['num-slaves']) >= replicas &&
+            Number(info['num-other-sentinels']) >= s.sentinels.length - 1 &&
+            !String(info.flags).includes('down')
+          return ok ? true : undefined
+        },
+        { timeoutMs, intervalMs: 200 },
+      )
+    }
+  }
+
+  /** @internal */
+  startWatchdog(): void {
+    const child = spawn(
+      process.execPath,
+      ['-e', WATCHDOG_SOURCE, String(process.pid), this.baseDir, defaultRegistryDir()],
+      {
+        cwd: this.baseDir,
+        detached: true,
+        stdio: 'ignore',
+      },
+    )
+    child.on('error', () => {})
+    child.unref()
+    if (child.pid) {
+      this.#state.watchdogPid = child.pid
+      this.#recordPid(child.pid)
+    }
+  }
+
+  /** @internal */
+  setBootSeconds(seconds: number): void {
+    this.#state.bootSeconds = seconds
+    this.#save()
+  }
+
+  /** @internal Writes lab.json. */
+  save(): void {
+    this.#save()
+  }
+
+  #save(): void {
+    if (!existsSync(this.baseDir)) return
+    writeState(this.#state)
+  }
+
+  #recordPid(pid: number): void {
+    if (!this.#state.startedPids.includes(pid)) this.#state.startedPids.push(pid)
+    this.#save()
+  }
+
+  #member(name: string): MemberState {
+    const member = this.#state.members.find((m) => m.name === name)
+    if (!member)
+      throw new Error(
+        `no such member: ${name} (members: ${this.#state.members.map((m) => m.name).join(', ')})`,
+      )
+    return member
+  }
+
+  #status(m: ClusterMember): LabMemberStatus {
+    const own = this.#state.members.find((x) => x.name === m.name)
+    return {
+      name: m.name,
+      host: m.host ?? HOST,
+      port: m.port ?? own?.port ?? 0,
+      apiUrl: own ? apiUrl(own) : m.api_url.replace(/\/patroni$/, ''),
+      role: m.role,
+      state: m.state,
+      ...(m.lag !== undefined ? { lag: m.lag } : {}),
+      ...(m.timeline !== undefined ? { timeline: m.timeline } : {}),
+    }
+  }
+
+  async #spawnPatroni(member: MemberState): Promise<void> {
+    const pid = await spawnServer({
+      cmd: 'patroni',
+      args: [member.configPath],
+      cwd: member.dir,
+      logPath: member.logPath,
+      runAs: this.#runAs,
+    })
+    member.pid = pid
+    this.#recordPid(pid)
+  }
+
+  #redisPrimaryNode(): RedisNodeState | undefined {
+    const name = this.#state.redisPrimary
+    return this.#state.redis.find((r) => r.name === name) ?? this.#state.redis[0]
+  }
+
+  #requireRedisPrimary(): RedisNodeState {
+    const node = this.#redisPrimaryNode()
+    if (!node) throw new Error('this lab has no Redis (start it with redis: true)')
+    return node
+  }
+
+  async #spawnRedis(node: RedisNodeState, replicaOf?: number): Promise<void> {
+    const pid = await spawnServer({
+      cmd: 'redis-server',
+      args: redisArgs({ port: node.port, dir: node.dir, ...(replicaOf !== undefined ? { replicaOf } : {}) }),
+      cwd: node.dir,
+      logPath: node.logPath,
+    })
+    node.pid = pid
+    this.#recordPid(pid)
+  }
+
+  async #killRedisNode(node: RedisNodeState): Promise<void> {
+    if (!node.pid) return
+    signalTree(node.pid, 'SIGKILL', this.baseDir)
+    // A stopped process does not die of SIGKILL until it is continued on some kernels' views: be sure.
+    try {
+      process.kill(node.pid, 'SIGCONT')
+    } catch {
+      // gone
+    }
+    const left = await waitForExit([node.pid], 5000)
+    if (left.length > 0) throw new Error(`${node.name} (pid ${node.pid}) did not die`)
+    this.#log(`killed ${node.name} (pid ${node.pid})`)
+    delete node.pid
+    this.#save()
+  }
+
+  async #waitForPing(port: number, timeoutMs: number): Promise<void> {
+    await waitFor(
+      `Redis on port ${port} to answer PING`,
+      async () => {
+        const reply = await redisCommand(port, ['PING'], { timeoutMs: 500 })
+        if (reply instanceof RespError) return undefined
+        return reply === 'PONG' ? true : undefined
+      },
+      { timeoutMs, intervalMs: 50 },
+    )
+  }
+}
+
+export interface LabStatus {
+  baseDir: string
+  scope: string
+  members: Array<{
+    name: string
+    port: number
+    apiUrl: string
+    pid: number | undefined
+    role: string
+    state: string
+    lag?: number | 'unknown'
+    timeline?: number
+  }>
+  patroniError?: string
+  redis: Array<{ name: string; port: number; pid: number | undefined; role: string; detail: string }>
+  sentinels: Array<{ name: string; port: number; pid: number | undefined; ok: boolean; master: string }>
+}
+
+function apiUrl(m: { apiPort: number }): string {
+  return `http://${HOST}:${m.apiPort}`
+}
+
+function fatal(message: string): Error {
+  return Object.assign(new Error(message), { fatal: true })
+}
+
+function tail(file: string, lines = 15): string {
+  try {
+    return readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n')
+  } catch {
+    return ''
+  }
+}
+
+function pairs(list: RespValue[]): Record<string, RespValue> {
+  const out: Record<string, RespValue> = {}
+  for (let i = 0; i + 1 < list.length; i += 2) out[String(list[i])] = list[i + 1] ?? null
+  return out
+}
+
+/** Splits psql's unaligned output (fields \x1f, records \x1e) into rows. */
+export function parsePsqlOutput(out: string): string[][] {
+  const trimmed = out.replace(/\n$/, '')
+  if (trimmed === '') return []
+  return trimmed
+    .split('\x1e')
+    .filter((r, i, all) => !(i === all.length - 1 && r === ''))
+    .map((r) => r.split('\x1f'))
+}
+
+/**
+ * Starts a lab: etcd + N Patroni members (PostgreSQL 15) + Redis (+ replica and 3 sentinels),
+ * all on 127.0.0.1 on free ports, in a folder of its own. Resolves when the cluster has one
+ * running leader and N-1 streaming replicas, Redis answers, and the sentinels agree.
+ */
+export async function startLab(options: LabOptions = {}): Promise<Lab> {
+  const started = performance.now()
+  const nodes = options.nodes ?? 3
+  const sentinel = options.sentinel ?? false
+  const redis = (options.redis ?? true) || sentinel
+  const synchronousMode = options.synchronousMode ?? false
+  const readyTimeoutMs = options.readyTimeoutMs ?? 90_000
+  const log = options.log ?? (() => {})
+  if (!Number.isInteger(nodes) || nodes < 0 || nodes > 9)
+    throw new Error(`nodes must be an integer 0..9, got ${nodes}`)
+  if (nodes === 0 && !redis) throw new Error('nothing to start: nodes is 0 and redis is false')
+
+  ensurePackages(requirements({ nodes, redis, sentinel }), log)
+  const runAs = postgresUser()
+
+  let baseDir: string
+  if (options.baseDir) {
+    baseDir = resolve(options.baseDir)
+    mkdirSync(baseDir, { recursive: true, mode: 0o755 })
+    if (existsSync(join(baseDir, 'lab.json'))) {
+      throw new Error(`${baseDir} already holds a lab (lab.json); stop it first or pick another folder`)
+    }
+  } else {
+    baseDir = mkdtempSync(join(tmpdir(), 'resilient-lab-'))
+  }
+  baseDir = realpathSync(baseDir)
+  const own = (path: string) => {
+    if (runAs) chownSync(path, runAs.uid, runAs.gid)
+  }
+  const mkdir = (path: string, forPostgres: boolean) => {
+    mkdirSync(path, { recursive: true, mode: 0o700 })
+    if (forPostgres) own(path)
+    return path
+  }
+  if (nodes > 0) own(baseDir)
+
+  const ports = new PortAllocator(baseDir)
+  const password = randomPassword(randomBytes(24))
+  const state: LabState = {
+    version: STATE_VERSION,
+    baseDir,
+    scope: scopeFor(baseDir),
+    createdAt: new Date().toISOString(),
+    ...(options.persistent ? {} : { ownerPid: process.pid }),
+    synchronousMode,
+    postgres: {
+      user: 'postgres',
+      password,
+      database: 'postgres',
+      replicationUser: 'replicator',
+      replicationPassword: randomPassword(randomBytes(24)),
+    },
+    members: [],
+    redis: [],
+    startedPids: [],
+    ports: ports.reserved,
+  }
+
+  try {
+    if (nodes > 0) {
+      const dir = mkdir(join(baseDir, 'etcd'), true)
+      const [clientPort, peerPort] = await ports.many(2)
+      state.etcd = { clientPort: clientPort!, peerPort: peerPort!, dir, logPath: join(dir, 'etcd.log') }
+    }
+    for (let i = 0; i < nodes; i++) {
+      const name = `pg${i}`
+      const dir = mkdir(join(baseDir, name), true)
+      const [port, apiPort] = await ports.many(2)
+      const member: MemberState = {
+        name,
+        port: port!,
+        apiPort: apiPort!,
+        dir,
+        dataDir: join(dir, 'data'),
+        configPath: join(dir, 'patroni.yml'),
+        logPath: join(dir, 'patroni.log'),
+      }
+      const config = patroniConfig({
+        scope: state.scope,
+        name,
+        port: member.port,
+        apiPort: member.apiPort,
+        etcdClientPort: state.etcd!.clientPort,
+        dataDir: member.dataDir,
+        pgpassPath: join(dir, 'pgpass'),
+        superuser: { username: state.postgres.user, password: state.postgres.password },
+        replication: {
+          username: state.postgres.replicationUser,
+          password: state.postgres.replicationPassword,
+        },
+        synchronousMode,
+      })
+      writeFileSync(member.configPath, `${JSON.stringify(config, null, 2)}\n`, { mode: 0o600 })
+      own(member.configPath)
+      state.members.push(member)
+    }
+    if (redis) {
+      const count = sentinel ? 2 : 1
+      for (let i = 0; i < count; i++) {
+        const name = `redis${i}`
+        const dir = mkdir(join(baseDir, name), false)
+        state.redis.push({
+          name,
+          port: await ports.next(),
+          dir,
+          logPath: join(dir, 'redis.log'),
+          startedAsReplica: i > 0,
+        })
+      }
+      state.redisPrimary = 'redis0'
+    }
+    if (sentinel) {
+      const sentinels = []
+      for (let i = 0; i < 3; i++) {
+        const name = `sentinel${i}`
+        const dir = mkdir(join(baseDir, name), false)
+        sentinels.push({
+          name,
+          port: await ports.next(),
+          dir,
+          confPath: join(dir, 'sentinel.conf'),
+          logPath: join(dir, 'sentinel.log'),
+        })
+      }
+      state.sentinel = { masterName: SENTINEL_MASTER_NAME, quorum: 2, sentinels }
+    }
+  } catch (err) {
+    ports.release()
+    throw err
+  }
+
+  writeState(state)
+  const lab = new Lab(state, { log, readyTimeoutMs, owned: !options.persistent })
+  try {
+    if (!options.persistent) lab.startWatchdog()
+    log(`lab folder ${baseDir} (scope ${state.scope})`)
+    await lab.bootEtcd()
+    await lab.bootRedis()
+    await lab.waitForEtcd(readyTimeoutMs)
+    await lab.bootPatroni()
+    await lab.waitForRedis(readyTimeoutMs)
+    await lab.bootSentinels()
+    const remaining = () => Math.max(1000, readyTimeoutMs - (performance.now() - started))
+    await lab.waitForCluster(remaining())
+    await lab.waitForSentinels(remaining())
+    const seconds = Math.round((performance.now() - started) / 100) / 10
+    lab.setBootSeconds(seconds)
+    log(`lab ready in ${seconds} s`)
+    return lab
+  } catch (err) {
+    log(`lab failed to start: ${errorMessage(err)}`)
+    await lab.down().catch(() => {})
+    throw err
+  }
+}
