@@ -1,0 +1,50 @@
+import { configError } from '@resilient/core'
+import express from 'express'
+import type { Health, NodeHandler } from './health.js'
+
+export interface HealthRoutesOptions<R extends RouterLike = RouterLike> {
+  /** @default '/healthz' */
+  livenessPath?: string
+  /** @default '/ready' */
+  readinessPath?: string
+  /** Serve Prometheus text here (needs the optional peer prom-client); `false` for none. @default false */
+  metricsPath?: string | false
+  /** Add the routes to this router (`express.Router()` of your Express 4 or 5); else a new Router of the `express` peer. */
+  router?: R
+}
+
+/** The part of an Express Router (4 or 5) this uses. */
+export interface RouterLike {
+  get(path: string, handler: NodeHandler): unknown
+}
+
+export const DEFAULT_HEALTH_ROUTES_OPTIONS = {
+  livenessPath: '/healthz',
+  readinessPath: '/ready',
+  metricsPath: false,
+} as const
+
+function path(value: unknown, field: string): string {
+  if (typeof value !== 'string' || !value.startsWith('/'))
+    throw configError(field, 'a path starting with "/"', value)
+  return value
+}
+
+/**
+ * An Express Router with GET (and HEAD) /healthz and /ready: `app.use(healthRoutes(health))`.
+ * Works with Express 5 and 4: the handlers are plain node:http handlers.
+ */
+export function healthRoutes<R extends RouterLike = express.Router>(
+  health: Health,
+  options: HealthRoutesOptions<R> = {},
+): R {
+  if (typeof health?.readiness !== 'function')
+    throw configError('health', 'a Health from createHealth()', health)
+  const d = DEFAULT_HEALTH_ROUTES_OPTIONS
+  const router = (options.router ?? express.Router()) as R
+  router.get(path(options.livenessPath ?? d.livenessPath, 'livenessPath'), health.liveness)
+  router.get(path(options.readinessPath ?? d.readinessPath, 'readinessPath'), health.readiness)
+  const metricsPath = options.metricsPath ?? d.metricsPath
+  if (metricsPath !== false) router.get(path(metricsPath, 'metricsPath'), health.metrics)
+  return router
+}

@@ -1,0 +1,419 @@
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import {
+  checkFunction,
+  checkString,
+  type Disposable,
+  Emitter,
+  listBreakers,
+  ResilientError,
+  toDisposable,
+  withTimeout,
+} from '@resilient/core'
+import { channels, publish } from './channels.js'
+import { type CheckChange, CheckRunner } from './checks.js'
+import { type ClosableServer, type DrainResult, drainServer, track, untrack } from './drain.js'
+import { type LoopMonitor, monitorEventLoop } from './event-loop.js'
+import {
+  checkServer,
+  type HealthOptions,
+  type ResolvedOptions,
+  resolveOptions,
+  resolveSignalOptions,
+  type SignalOptions,
+} from './options.js'
+import { buildReport, type HealthReport, readinessStatus } from './report.js'
+import { type CheckStatus, errorOutput } from './result.js'
+
+export type HealthState = 'serving' | 'draining' | 'closing' | 'closed'
+
+export interface StatusChange {
+  from: CheckStatus
+  to: CheckStatus
+}
+
+export type ShutdownPhase = 'draining' | 'closing-servers' | 'closing-resources' | 'closed'
+
+export interface ShutdownPhaseEvent {
+  phase: ShutdownPhase
+  reason: string
+  /** Since the shutdown started, in ms. */
+  elapsedMs: number
+}
+
+export interface ResourceReport {
+  name: string
+  ok: boolean
+  /** Redacted message of the failure (its cause and stack are left out). */
+  error?: string
+  durationMs: number
+}
+
+export interface ShutdownReport {
+  /** Every server drained and every resource closed within the budget. */
+  clean: boolean
+  reason: string
+  durationMs: number
+  servers: DrainResult[]
+  resources: ResourceReport[]
+}
+
+export interface ShutdownOptions {
+  /** Shown in events; a signal name when a signal started it. @default 'shutdown()' */
+  reason?: string
+  /** Overrides HealthOptions.drainDelayMs for this shutdown (0 when the server is already closing). */
+  drainDelayMs?: number
+}
+
+/** What an adapter writes: status code, headers and the serialized body. */
+export interface ProbeResponse {
+  statusCode: number
+  headers: Record<string, string | number>
+  body: string
+}
+
+export interface ProbeOptions {
+  /** Overrides HealthOptions.verbose. */
+  verbose?: boolean
+  /** The request URL: with `verbose: 'query'`, `?verbose=1` selects the verbose view. */
+  url?: string
+}
+
+export type NodeHandler = (req: IncomingMessage, res: ServerResponse) => void
+
+export interface Health {
+  /** GET handler for node:http: 200 unless the process itself is broken (event-loop stall); never touches a dependency. */
+  readonly liveness: NodeHandler
+  /** GET handler for node:http: 200 (pass/warn) or 503 (fail), application/health+json, from cached check results. */
+  readonly readiness: NodeHandler
+  /** GET handler for node:http: Prometheus text (needs the optional peer prom-client). */
+  readonly metrics: NodeHandler
+  /** The liveness answer, for adapters (`url` lets `?verbose=1` work when `verbose: 'query'`). */
+  livenessResponse(options?: ProbeOptions): ProbeResponse
+  /** The readiness answer, for adapters; refreshes stale checks in the background. */
+  readinessResponse(options?: ProbeOptions): ProbeResponse
+  /** The readiness report as an object. */
+  report(options?: { verbose?: boolean }): HealthReport
+  /** The readiness status now. */
+  readonly status: CheckStatus
+  readonly state: HealthState
+  readonly isShuttingDown: boolean
+  /** Runs every check now (joining runs in progress) and returns the report. E_SHUTTING_DOWN after shutdown. */
+  refresh(options?: { verbose?: boolean }): Promise<HealthReport>
+  /** Starts the background checks (done at construction unless `autoStart: false`). */
+  start(): void
+  /** Drains the server(s) this tracks on shutdown. E_SHUTTING_DOWN once servers are closing. */
+  attachServer(server: ClosableServer): Disposable
+  /** Registers a resource to close on shutdown (all run concurrently within the budget). E_SHUTTING_DOWN after shutdown began. */
+  onShutdown(name: string, close: () => unknown): Disposable
+  /** Readiness fails now; after drainDelayMs servers stop accepting and drain; then resources close. Never rejects; idempotent. */
+  shutdown(options?: ShutdownOptions): Promise<ShutdownReport>
+  /** Runs shutdown() on SIGTERM/SIGINT, then exits (0 if clean) unless `exit: false`. A second signal exits at once. */
+  handleSignals(options?: SignalOptions): Disposable
+  onStatusChange(listener: (change: StatusChange) => void): Disposable
+  onCheckChange(listener: (change: CheckChange) => void): Disposable
+  onShutdownPhase(listener: (event: ShutdownPhaseEvent) => void): Disposable
+  /** How many times each check function was called (for tests and metrics). */
+  checkCalls(): Record<string, number>
+}
+
+const HEALTH_JSON = 'application/health+json'
+
+interface CachedBody {
+  statusCode: number
+  headers: Record<string, string | number>
+  body: string
+}
+
+function probeResponse(statusCode: number, report: object): CachedBody {
+  const body = JSON.stringify(report)
+  return {
+    statusCode,
+    body,
+    headers: {
+      'content-type': HEALTH_JSON,
+      'cache-control': 'no-store',
+      'content-length': Buffer.byteLength(body),
+    },
+  }
+}
+
+function write(req: IncomingMessage, res: ServerResponse, r: ProbeResponse): void {
+  res.writeHead(r.statusCode, r.headers)
+  res.end(req.method === 'HEAD' ? undefined : r.body)
+}
+
+function queryVerbose(url: string | undefined): boolean {
+  if (!url) return false
+  const q = url.indexOf('?')
+  if (q < 0) return false
+  const v = new URLSearchParams(url.slice(q + 1)).get('verbose')
+  return v !== null && v !== '0' && v !== 'false'
+}
+
+export function createHealth(options?: HealthOptions): Health {
+  const o: ResolvedOptions = resolveOptions(options)
+  const stopChecks = new AbortController()
+  const statusChanges = new Emitter<StatusChange>()
+  const checkChanges = new Emitter<CheckChange>()
+  const phases = new Emitter<ShutdownPhaseEvent>()
+
+  let state: HealthState = 'serving'
+  let started = false
+  let cachedReady: CachedBody | undefined
+  let lastStatus: CheckStatus | undefined
+  const servers = new Set<ClosableServer>()
+  const resources = new Map<symbol, [string, () => unknown]>()
+
+  const onOutcome = (_runner: CheckRunner, change: CheckChange | undefined) => {
+    cachedReady = undefined
+    if (change) checkChanges.emit(change)
+    noteStatus()
+  }
+  const runners = o.checks.map((def) => new CheckRunner(def, stopChecks.signal, onOutcome))
+
+  const statusNow = (): CheckStatus =>
+    readinessStatus({
+      runners,
+      shuttingDown: state !== 'serving',
+      readyBeforeFirstCheck: o.readyBeforeFirstCheck,
+    })
+
+  function noteStatus(): void {
+    const to = statusNow()
+    if (lastStatus !== undefined && to !== lastStatus) {
+      const change = { from: lastStatus, to }
+      publish(channels.status, change)
+      statusChanges.emit(change)
+    }
+    lastStatus = to
+  }
+  lastStatus = statusNow()
+
+  const loop: LoopMonitor | undefined = o.eventLoop
+    ? monitorEventLoop(o.eventLoop, (lagMs) =>
+        publish(channels.eventLoopStall, {
+          lagMs,
+          maxDelayMs: (o.eventLoop as { maxDelayMs: number }).maxDelayMs,
+        }),
+      )
+    : undefined
+
+  for (const s of o.servers) {
+    servers.add(s)
+    track(s)
+  }
+  for (const [name, fn] of o.resources) resources.set(Symbol(name), [name, fn])
+
+  function start(): void {
+    if (started || state !== 'serving') return
+    started = true
+    for (const r of runners) r.start()
+  }
+
+  function touch(): void {
+    if (!started) start()
+    if (state !== 'serving') return
+    const now = performance.now()
+    for (let i = 0; i < runners.length; i++) runners[i]!.touch(now)
+  }
+
+  const report = (opts?: { verbose?: boolean }): HealthReport => {
+    const verbose = opts?.verbose ?? o.verbose === true
+    const r = buildReport({
+      runners,
+      shuttingDown: state !== 'serving',
+      readyBeforeFirstCheck: o.readyBeforeFirstCheck,
+      service: o.service,
+      verbose,
+    })
+    if (verbose) r.breakers = listBreakers().map((b) => b.stats())
+    return r
+  }
+
+  const verboseFor = (opts: ProbeOptions | undefined): boolean =>
+    opts?.verbose ?? (o.verbose === 'query' ? queryVerbose(opts?.url) : o.verbose)
+
+  const readinessResponse = (opts?: ProbeOptions): ProbeResponse => {
+    touch()
+    const verbose = verboseFor(opts)
+    if (verbose) {
+      const r = report({ verbose: true })
+      return probeResponse(r.status === 'fail' ? 503 : 200, r)
+    }
+    if (!cachedReady) {
+      const r = report({ verbose: false })
+      cachedReady = probeResponse(r.status === 'fail' ? 503 : 200, r)
+    }
+    return cachedReady
+  }
+
+  const livePass = probeResponse(200, { status: 'pass' })
+  const livenessResponse = (opts?: ProbeOptions): ProbeResponse => {
+    const s = loop?.status()
+    const verbose = verboseFor(opts)
+    if (!s || (s.healthy && !verbose)) return livePass
+    const max = (o.eventLoop as { maxDelayMs: number }).maxDelayMs
+    const entry = {
+      componentId: 'eventLoop',
+      componentType: 'system',
+      status: s.healthy ? 'pass' : 'fail',
+      observedValue: Math.round(s.lagMs),
+      observedUnit: 'ms',
+      ...(s.healthy ? {} : { output: `event loop delay of ${Math.round(s.lagMs)} ms exceeds ${max} ms` }),
+    }
+    return probeResponse(s.healthy ? 200 : 503, {
+      status: entry.status,
+      ...(s.healthy ? {} : { output: entry.output }),
+      checks: { 'eventLoop:delay': [entry] },
+    })
+  }
+
+  const liveness: NodeHandler = (req, res) => write(req, res, livenessResponse({ url: req.url }))
+  const readiness: NodeHandler = (req, res) => write(req, res, readinessResponse({ url: req.url }))
+
+  let metricsHandler: Promise<NodeHandler> | undefined
+  const metrics: NodeHandler = (req, res) => {
+    metricsHandler ??= import('./metrics.js').then((m) => m.createMetricsHandler(health))
+    metricsHandler.then(
+      (h) => h(req, res),
+      (err: unknown) => {
+        metricsHandler = undefined
+        res.writeHead(500, { 'content-type': 'text/plain; charset=utf-8' })
+        res.end(`${errorOutput(err)}\n`)
+      },
+    )
+  }
+
+  let shutdownPromise: Promise<ShutdownReport> | undefined
+
+  function shutdown(opts: ShutdownOptions = {}): Promise<ShutdownReport> {
+    if (shutdownPromise) return shutdownPromise
+    const reason = opts.reason ?? 'shutdown()'
+    const drainDelayMs = opts.drainDelayMs ?? o.drainDelayMs
+    const t0 = performance.now()
+    state = 'draining'
+    cachedReady = undefined
+    noteStatus()
+    stopChecks.abort(new ResilientError('E_SHUTTING_DOWN', 'health is shutting down', { noStack: true }))
+    for (const r of runners) r.stop()
+    const phase = (p: ShutdownPhase) => {
+      const event = { phase: p, reason, elapsedMs: performance.now() - t0 }
+      publish(channels.shutdown, event)
+      phases.emit(event)
+    }
+    shutdownPromise = (async (): Promise<ShutdownReport> => {
+      phase('draining')
+      // A referenced timer: the process stays up for the drain even with nothing else to do.
+      if (drainDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, drainDelayMs))
+      state = 'closing'
+      phase('closing-servers')
+      const deadline = performance.now() + o.shutdownTimeoutMs
+      const remaining = () => Math.max(1, deadline - performance.now())
+      const drained = await Promise.all([...servers].map((s) => drainServer(s, remaining())))
+      phase('closing-resources')
+      const closed = await Promise.all(
+        [...resources.values()].map(async ([name, fn]): Promise<ResourceReport> => {
+          const t = performance.now()
+          try {
+            await withTimeout(() => Promise.resolve().then(fn), remaining(), {
+              operation: `closing ${name}`,
+            })
+            return { name, ok: true, durationMs: performance.now() - t }
+          } catch (err) {
+            return { name, ok: false, error: errorOutput(err), durationMs: performance.now() - t }
+          }
+        }),
+      )
+      loop?.stop()
+      state = 'closed'
+      phase('closed')
+      return {
+        clean: drained.every((d) => d.clean) && closed.every((r) => r.ok),
+        reason,
+        durationMs: performance.now() - t0,
+        servers: drained,
+        resources: closed,
+      }
+    })()
+    return shutdownPromise
+  }
+
+  const shuttingDownError = (what: string) =>
+    new ResilientError('E_SHUTTING_DOWN', `cannot ${what}: health is shutting down`)
+
+  function handleSignals(opts?: SignalOptions): Disposable {
+    const { signals, exit } = resolveSignalOptions(opts ?? true, 'handleSignals')
+    let received = 0
+    const onSignal = (signal: NodeJS.Signals) => {
+      received++
+      if (received > 1) {
+        if (exit) process.exit(1)
+        return
+      }
+      void shutdown({ reason: signal }).then((r) => {
+        if (exit) process.exit(r.clean ? 0 : 1)
+      })
+    }
+    for (const s of signals) process.on(s, onSignal)
+    return toDisposable(() => {
+      for (const s of signals) process.removeListener(s, onSignal)
+    })
+  }
+
+  const health: Health = {
+    liveness,
+    readiness,
+    metrics,
+    livenessResponse,
+    readinessResponse,
+    report,
+    get status() {
+      return statusNow()
+    },
+    get state() {
+      return state
+    },
+    get isShuttingDown() {
+      return state !== 'serving'
+    },
+    async refresh(opts) {
+      if (state !== 'serving') throw shuttingDownError('refresh')
+      if (!started) start()
+      await Promise.all(runners.map((r) => r.run()))
+      return report(opts)
+    },
+    start,
+    attachServer(server) {
+      checkServer(server, 'server')
+      if (state === 'closing' || state === 'closed') throw shuttingDownError('attach a server')
+      servers.add(server)
+      track(server)
+      return toDisposable(() => {
+        servers.delete(server)
+        untrack(server)
+      })
+    },
+    onShutdown(name, close) {
+      checkString(name, 'onShutdown.name', { nonEmpty: true })
+      checkFunction(close, 'onShutdown.close')
+      if (state !== 'serving') throw shuttingDownError('register a shutdown hook')
+      const key = Symbol(name)
+      resources.set(key, [name, close])
+      return toDisposable(() => resources.delete(key))
+    },
+    shutdown,
+    handleSignals,
+    onStatusChange: statusChanges.on,
+    onCheckChange: checkChanges.on,
+    onShutdownPhase: phases.on,
+    checkCalls() {
+      const out: Record<string, number> = {}
+      for (const r of runners) out[r.def.name] = r.calls
+      return out
+    },
+  }
+
+  if (o.handleSignals) handleSignals(o.handleSignals)
+  if (o.autoStart) start()
+  return health
+}

@@ -1,0 +1,23 @@
+export { channelNames, channels } from './channels.js'
+export type { CheckChange, CheckOutcome } from './checks.js'
+export type { ClosableServer, DrainResult } from './drain.js'
+export type {
+  Health,
+  HealthState,
+  NodeHandler,
+  ProbeOptions,
+  ProbeResponse,
+  ResourceReport,
+  ShutdownOptions,
+  ShutdownPhase,
+  ShutdownPhaseEvent,
+  ShutdownReport,
+  StatusChange,
+} from './health.js'
+export { createHealth } from './health.js'
+export type { MetricsOptions } from './metrics.js'
+export { createMetricsHandler, DEFAULT_METRICS_OPTIONS } from './metrics.js'
+export type { CheckDefinition, EventLoopOptions, HealthOptions, SignalOptions } from './options.js'
+export { DEFAULT_EVENT_LOOP_OPTIONS, DEFAULT_HEALTH_OPTIONS, DEFAULT_SIGNAL_OPTIONS } from './options.js'
+export type { BreakerEntry, CheckEntry, HealthReport } from './report.js'
+export type { CheckContext, CheckFunction, CheckResult, CheckReturn, CheckStatus } from './result.js'
