@@ -2,8 +2,9 @@ import CircuitBreaker from 'opossum'
 import { channels, publish } from './channels.js'
 import { ResilientError } from './errors.js'
 import { type Disposable, Emitter } from './events.js'
-import { checkFunction, checkNumber, checkString, optional } from './options.js'
-import { withTimeout } from './timeout.js'
+import { metrics } from './metrics.js'
+import { checkFunction, checkKnownKeys, checkNumber, checkObject, checkString, optional } from './options.js'
+import { abortError, withTimeout } from './timeout.js'
 
 export type BreakerState = 'closed' | 'open' | 'half-open'
 
@@ -45,16 +46,27 @@ export interface BreakerStateChange {
 export interface BreakerStats {
   name: string
   state: BreakerState
+  /** Calls that succeeded (or failed with an error `isFailure` rejects), since creation. */
   successes: number
+  /** Calls that failed and counted as failures, since creation. */
   failures: number
+  /** Of the failures, those that hit `timeoutMs`. */
   timeouts: number
+  /** Calls rejected with E_CIRCUIT_OPEN without running, since creation. */
   rejects: number
+  /** Failed calls in the rolling window, in percent; -1 while the window holds fewer calls than `volumeThreshold`. */
+  failureRate: number
 }
 
 export interface Breaker {
   readonly name: string
   readonly state: BreakerState
-  /** Runs `fn` through the breaker; `fn` gets a signal of its own that aborts on timeout or caller abort. */
+  /**
+   * Runs `fn` through the breaker. `fn` gets a signal of its own that aborts on this
+   * call's timeout or on the caller's abort (undefined when there is neither). While open,
+   * and while half-open with its one trial call in flight, calls are rejected at once with
+   * E_CIRCUIT_OPEN (no stack captured).
+   */
   execute<T>(
     fn: (signal: AbortSignal | undefined) => Promise<T>,
     options?: { signal?: AbortSignal | undefined },
@@ -64,7 +76,7 @@ export interface Breaker {
   /** Forces the breaker open (until the reset timeout) or closed. */
   open(): void
   close(): void
-  /** Stops its timers; later calls are rejected with E_CIRCUIT_OPEN. */
+  /** Stops its timers and leaves `listBreakers()`; later calls are rejected with E_CIRCUIT_OPEN. */
   shutdown(): void
 }
 
@@ -73,9 +85,10 @@ type Action = (
   signal: AbortSignal | undefined,
 ) => Promise<unknown>
 
-/** Every breaker created in this process, for health's verbose view. */
+/** Every breaker created in this process and not shut down, for health and metrics. */
 const registry = new Set<WeakRef<Breaker>>()
 
+/** Every live breaker of this process (not shut down, not garbage-collected). */
 export function listBreakers(): Breaker[] {
   const out: Breaker[] = []
   for (const ref of registry) {
@@ -87,6 +100,8 @@ export function listBreakers(): Breaker[] {
 }
 
 export function createBreaker(options: BreakerOptions = {}): Breaker {
+  checkObject(options, 'breaker')
+  checkKnownKeys(options as Record<string, unknown>, 'breaker', KNOWN_KEYS)
   const d = DEFAULT_BREAKER_OPTIONS
   const name = optional(options.name, d.name, (v) => checkString(v, 'breaker.name', { nonEmpty: true }))
   const errorThresholdPercentage = optional(
@@ -98,10 +113,10 @@ export function createBreaker(options: BreakerOptions = {}): Breaker {
     checkNumber(v, 'breaker.volumeThreshold', { min: 0, integer: true }),
   )
   const resetTimeoutMs = optional(options.resetTimeoutMs, d.resetTimeoutMs, (v) =>
-    checkNumber(v, 'breaker.resetTimeoutMs', { min: 1 }),
+    checkNumber(v, 'breaker.resetTimeoutMs', { min: 1, max: MAX_TIMER_MS }),
   )
   const rollingWindowMs = optional(options.rollingWindowMs, d.rollingWindowMs, (v) =>
-    checkNumber(v, 'breaker.rollingWindowMs', { min: 10, integer: true }),
+    checkNumber(v, 'breaker.rollingWindowMs', { min: 10, max: MAX_TIMER_MS, integer: true }),
   )
   const rollingBuckets = optional(options.rollingBuckets, d.rollingBuckets, (v) =>
     checkNumber(v, 'breaker.rollingBuckets', { min: 1, integer: true }),
@@ -114,7 +129,7 @@ export function createBreaker(options: BreakerOptions = {}): Breaker {
     )
   }
   const timeoutMs = optional(options.timeoutMs, d.timeoutMs, (v) =>
-    checkNumber(v, 'breaker.timeoutMs', { min: 0 }),
+    checkNumber(v, 'breaker.timeoutMs', { min: 0, max: MAX_TIMER_MS }),
   )
   const isFailure = optional(
     options.isFailure,
@@ -122,14 +137,15 @@ export function createBreaker(options: BreakerOptions = {}): Breaker {
     (v) => checkFunction<(err: unknown) => boolean>(v, 'breaker.isFailure'),
   )
 
+  const operation = `breaker ${name} call`
   const action: Action =
     timeoutMs > 0
-      ? (fn, signal) => withTimeout(fn, timeoutMs, { signal, operation: `breaker ${name} call` })
+      ? (fn, signal) => withTimeout(fn, timeoutMs, { signal, operation })
       : (fn, signal) => fn(signal)
 
   const cb = new CircuitBreaker<Parameters<Action>, unknown>(action, {
     name,
-    timeout: false, // timeouts are ours: per call, with their own signal
+    timeout: false, // timeouts are ours: per call, with their own signal (opossum's controller is shared)
     errorThresholdPercentage,
     volumeThreshold,
     resetTimeout: resetTimeoutMs,
@@ -137,8 +153,24 @@ export function createBreaker(options: BreakerOptions = {}): Breaker {
     rollingCountBuckets: rollingBuckets,
     rollingPercentilesEnabled: false,
     enableSnapshots: false,
-    errorFilter: (err: unknown) => !isFailure(err),
+    // true = "not a failure" for opossum. A call the caller aborted says nothing about the
+    // dependency: it does not count, except as the half-open trial, where it re-opens (we
+    // learned nothing, so we wait another resetTimeoutMs rather than close blind).
+    // opossum passes the call's arguments after the error: (err, fn, signal).
+    errorFilter: ((err: unknown, _fn: unknown, signal?: AbortSignal) => {
+      if (signal?.aborted && !ResilientError.is(err, 'E_TIMEOUT')) return !cb.halfOpen
+      return !safeIsFailure(err)
+    }) as (err: unknown) => boolean,
   })
+  dropLatencySamples(cb)
+
+  const safeIsFailure = (err: unknown): boolean => {
+    try {
+      return isFailure(err) !== false
+    } catch {
+      return true // a throwing filter must not turn a failure into a success
+    }
+  }
 
   const changes = new Emitter<BreakerStateChange>()
   let state: BreakerState = 'closed'
@@ -147,6 +179,7 @@ export function createBreaker(options: BreakerOptions = {}): Breaker {
   let timeouts = 0
   let rejects = 0
   let isShutdown = false
+  let ref: WeakRef<Breaker> | undefined
 
   const move = (to: BreakerState) => {
     if (to === state) return
@@ -161,6 +194,8 @@ export function createBreaker(options: BreakerOptions = {}): Breaker {
 
   const rejected = () => {
     rejects++
+    publish(channels.breakerReject, { name })
+    metrics.recordBreakerNotPermitted(name)
     return Promise.reject(
       new ResilientError('E_CIRCUIT_OPEN', `circuit ${name} is open`, {
         noStack: true,
@@ -179,28 +214,92 @@ export function createBreaker(options: BreakerOptions = {}): Breaker {
       callOptions?: { signal?: AbortSignal | undefined },
     ) {
       // Fail fast without opossum's error (it captures a stack on every rejection).
+      // Half-open: opossum lets exactly one call through (pendingClose), we reject the rest.
       if (isShutdown || cb.opened || (cb.halfOpen && !cb.pendingClose)) return rejected() as Promise<T>
-      return (cb.fire(fn as Parameters<Action>[0], callOptions?.signal) as Promise<T>).then(
+      const signal = callOptions?.signal
+      if (signal?.aborted) return Promise.reject(abortError(signal, operation))
+      const timed = metrics.active
+      const t0 = timed ? performance.now() : 0
+      return (cb.fire(fn as Parameters<Action>[0], signal) as Promise<T>).then(
         (value) => {
           successes++
+          if (timed) metrics.recordBreakerCall(name, 'successful', (performance.now() - t0) / 1000)
           return value
         },
         (err: unknown) => {
-          if (ResilientError.is(err, 'E_TIMEOUT')) timeouts++
-          if (isFailure(err)) failures++
+          const callerAborted = signal?.aborted === true && !ResilientError.is(err, 'E_TIMEOUT')
+          const failed = !callerAborted && safeIsFailure(err)
+          if (failed) {
+            failures++
+            if (ResilientError.is(err, 'E_TIMEOUT')) timeouts++
+          } else if (!callerAborted) successes++
+          if (timed) {
+            metrics.recordBreakerCall(name, failed ? 'failed' : 'ignored', (performance.now() - t0) / 1000)
+          }
           throw err
         },
       )
     },
     onStateChange: (listener) => changes.on(listener),
-    stats: () => ({ name, state, successes, failures, timeouts, rejects }),
-    open: () => cb.open(),
-    close: () => cb.close(),
+    stats: () => ({ name, state, successes, failures, timeouts, rejects, failureRate: failureRate() }),
+    open: () => {
+      if (!isShutdown) cb.open()
+    },
+    close: () => {
+      if (!isShutdown) cb.close()
+    },
     shutdown: () => {
+      if (isShutdown) return
       isShutdown = true
       cb.shutdown()
+      changes.clear()
+      if (ref) registry.delete(ref)
     },
   }
-  registry.add(new WeakRef(breaker))
+
+  const failureRate = (): number => {
+    if (isShutdown) return -1
+    const s = cb.stats
+    const calls = s.successes + s.failures
+    if (calls < volumeThreshold || calls === 0) return -1
+    return (s.failures / calls) * 100
+  }
+
+  ref = new WeakRef(breaker)
+  registry.add(ref)
   return breaker
+}
+
+/** setTimeout's largest delay; longer ones fire at once. */
+const MAX_TIMER_MS = 2_147_483_647
+
+const KNOWN_KEYS = [
+  'name',
+  'errorThresholdPercentage',
+  'volumeThreshold',
+  'resetTimeoutMs',
+  'rollingWindowMs',
+  'rollingBuckets',
+  'timeoutMs',
+  'isFailure',
+] as const
+
+/**
+ * opossum 9 pushes every call's latency into its window even with rolling percentiles off
+ * (status.js `increment`): at 100k calls/s that is a million-entry array per window. We
+ * count without the samples. Guarded: if a future opossum changes shape, nothing is patched.
+ */
+function dropLatencySamples(cb: CircuitBreaker): void {
+  const status = cb.status as unknown as {
+    increment?: (property: string, latency?: number) => void
+    window?: unknown
+  }
+  const window = (status as unknown as Record<symbol, unknown>)[
+    Object.getOwnPropertySymbols(status).find((s) => s.description === 'window') ?? Symbol()
+  ]
+  if (typeof status.increment !== 'function' || !Array.isArray(window)) return
+  status.increment = (property: string) => {
+    const bucket = window[0] as Record<string, number> | undefined
+    if (bucket && typeof bucket[property] === 'number') bucket[property]++
+  }
 }

@@ -55,6 +55,22 @@ export class ResilientError extends Error {
     return 'ResilientError'
   }
 
+  /**
+   * `err instanceof ResilientError` is true for a ResilientError from any copy of this
+   * package (two versions installed side by side), like `ResilientError.is(err)`.
+   */
+  static override [Symbol.hasInstance](value: unknown): boolean {
+    // A subclass keeps the ordinary prototype check: `this` is the class `instanceof` asked about.
+    // biome-ignore lint/complexity/noThisInStatic: `this` is deliberately the subclass here
+    if (this !== ResilientError) return Function.prototype[Symbol.hasInstance].call(this, value)
+    return ResilientError.is(value)
+  }
+
+  /** What `JSON.stringify` and structured loggers see: no stack, the cause's code and name only. */
+  toJSON(): { name: string; code: ErrorCode; message: string; details: Readonly<Record<string, unknown>> } {
+    return { name: this.name, code: this.code, message: this.message, details: this.details }
+  }
+
   /** True for any ResilientError, even one from another copy of this package. */
   static is(err: unknown, code?: ErrorCode): err is ResilientError {
     return (
@@ -64,6 +80,21 @@ export class ResilientError extends Error {
       (code === undefined || (err as ResilientError).code === code)
     )
   }
+}
+
+/**
+ * A short, stable, low-cardinality name for an error, for metrics (`error.type`) and logs:
+ * the `code` of a ResilientError, else a string `code` (a SQLSTATE, `ECONNRESET`), else the
+ * error's class name, else `_OTHER`. Never the message.
+ */
+export function errorType(err: unknown): string {
+  if (typeof err === 'object' && err !== null) {
+    const code = (err as { code?: unknown }).code
+    if (typeof code === 'string' && code.length > 0 && code.length <= 64) return code
+    const name = (err as { name?: unknown }).name
+    if (typeof name === 'string' && name.length > 0 && name.length <= 64) return name
+  }
+  return '_OTHER'
 }
 
 export function isResilientError(err: unknown, code?: ErrorCode): err is ResilientError {

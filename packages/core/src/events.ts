@@ -1,3 +1,5 @@
+import { channels, publish } from './channels.js'
+
 /** What every `onX(listener)` returns: call `dispose()` (or use `using`) to stop listening. */
 export interface Disposable {
   dispose(): void
@@ -12,7 +14,10 @@ function disposable(fn: () => void): Disposable {
 
 /**
  * A typed event source. A listener that throws never breaks the emitter or the other
- * listeners: the error goes to `onListenerError` (default: process 'warning').
+ * listeners: the error goes to `onListenerError` (default: a process 'warning' with code
+ * RESILIENT_LISTENER_ERROR, and the `resilient:core:listener-error` channel).
+ * Listeners added or removed during an `emit` take effect from the next `emit`.
+ * `on` is bound: `const onX = emitter.on` works.
  */
 export class Emitter<T> {
   #listeners: Listener<T>[] = []
@@ -34,7 +39,7 @@ export class Emitter<T> {
     })
   }
 
-  once(listener: Listener<T>): Disposable {
+  once = (listener: Listener<T>): Disposable => {
     const d = this.on((event) => {
       d.dispose()
       listener(event)
@@ -59,6 +64,7 @@ export class Emitter<T> {
 }
 
 function defaultListenerError(err: unknown): void {
+  publish(channels.listenerError, { error: err })
   process.emitWarning(
     `a resilient event listener threw: ${err instanceof Error ? err.message : String(err)}`,
     {

@@ -1,10 +1,27 @@
 export type { Breaker, BreakerOptions, BreakerState, BreakerStateChange, BreakerStats } from './breaker.js'
 export { createBreaker, DEFAULT_BREAKER_OPTIONS, listBreakers } from './breaker.js'
+export type {
+  BreakerRejectMessage,
+  BreakerStateMessage,
+  ChannelName,
+  ListenerErrorMessage,
+  RetryMessage,
+  TimeoutMessage,
+} from './channels.js'
 export { channelNames, channels, publish } from './channels.js'
 export type { ErrorCode, ResilientErrorOptions } from './errors.js'
-export { ErrorCodes, isResilientError, ResilientError, toError } from './errors.js'
+export { ErrorCodes, errorType, isResilientError, ResilientError, toError } from './errors.js'
 export type { Disposable, Listener } from './events.js'
 export { Emitter, toDisposable } from './events.js'
+export type {
+  BreakerCallKind,
+  MeterProviderLike,
+  MetricsSnapshot,
+  OperationRecord,
+  PoolStats,
+  RetryCallKind,
+} from './metrics.js'
+export { METER_NAME, metricNames, metrics, metricsSnapshot, resetMetricsSnapshot } from './metrics.js'
 export type { NumberRule } from './options.js'
 export {
   checkArray,
@@ -25,5 +42,5 @@ export {
 export type { RetryContext, RetryEvent, RetryOptions, RetryPolicy } from './retry.js'
 export { createRetry, DEFAULT_RETRY_OPTIONS, decorrelatedJitter, retry } from './retry.js'
 export { SingleFlight } from './single-flight.js'
-export type { TimeoutOptions } from './timeout.js'
+export type { SleepOptions, TimeoutOptions } from './timeout.js'
 export { abortError, sleep, withTimeout } from './timeout.js'

@@ -141,13 +141,23 @@ export function hideSecret<T extends object>(obj: T, key: string): T {
   return obj
 }
 
-/** `http://user:secret@host:8008/x` -> `http://user:***@host:8008/x`. Non-URLs come back unchanged. */
+const SECRET_PARAMS = new Set(['password', 'passwd', 'pass', 'pwd', 'secret', 'token', 'sslpassword', 'auth'])
+
+/**
+ * `http://user:secret@host:8008/x` -> `http://user:***@host:8008/x`; query parameters that
+ * carry secrets (`?password=`, `?sslpassword=`, `?token=`...) become `***` too. A string that
+ * does not parse as a URL (`db1:5432`) comes back unchanged.
+ */
 export function redactUrl(url: string): string {
+  let u: URL
   try {
-    const u = new URL(url)
-    if (u.password) u.password = '***'
-    return u.toString()
+    u = new URL(url)
   } catch {
     return url
   }
+  if (u.password) u.password = '***'
+  for (const key of [...u.searchParams.keys()]) {
+    if (SECRET_PARAMS.has(key.toLowerCase())) u.searchParams.set(key, '***')
+  }
+  return u.toString()
 }

@@ -1,7 +1,20 @@
-import { checkFunction, checkNumber, optional } from './options.js'
+import { channels, publish } from './channels.js'
+import { type Disposable, Emitter } from './events.js'
+import { metrics } from './metrics.js'
+import {
+  checkFunction,
+  checkKnownKeys,
+  checkNumber,
+  checkObject,
+  checkString,
+  configError,
+  optional,
+} from './options.js'
 import { abortError, sleep } from './timeout.js'
 
 export interface RetryOptions {
+  /** Names the policy in channels and metrics. @default 'retry' */
+  name?: string
   /** Attempts in all, the first included. @default 3 */
   maxAttempts?: number
   /** The smallest delay between attempts, in ms. @default 50 */
@@ -12,7 +25,7 @@ export interface RetryOptions {
   deadlineMs?: number
   /** Whether `err` (from attempt number `attempt`, 1-based) may be retried. @default () => true */
   shouldRetry?: (err: unknown, attempt: number) => boolean
-  /** Called before each wait. */
+  /** Called before each wait (like `policy.onRetry(listener)`); a throw is reported, not propagated. */
   onRetry?: (event: RetryEvent) => void
   /** Aborts the waiting and is passed to every attempt. */
   signal?: AbortSignal | undefined
@@ -21,12 +34,17 @@ export interface RetryOptions {
 }
 
 export interface RetryEvent {
+  /** The policy's name. */
+  name: string
+  /** The attempt that just failed (1-based). */
   attempt: number
+  /** How long the policy waits before attempt `attempt + 1`. */
   delayMs: number
   error: unknown
 }
 
 export const DEFAULT_RETRY_OPTIONS = {
+  name: 'retry',
   maxAttempts: 3,
   baseDelayMs: 50,
   maxDelayMs: 2_000,
@@ -54,22 +72,49 @@ export function decorrelatedJitter(
 }
 
 export interface RetryPolicy {
+  readonly name: string
+  /**
+   * Runs `fn` until it resolves, `shouldRetry` says no, `maxAttempts` are used, the next
+   * wait would pass `deadlineMs`, or the signal aborts (then E_ABORTED, or the signal's
+   * ResilientError reason). The last error of `fn` is rethrown as is.
+   */
   execute<T>(
     fn: (ctx: RetryContext) => Promise<T>,
     options?: { signal?: AbortSignal | undefined },
   ): Promise<T>
+  /** Called before each wait, after `options.onRetry`. */
+  onRetry(listener: (event: RetryEvent) => void): Disposable
 }
+
+const KNOWN_KEYS = [
+  'name',
+  'maxAttempts',
+  'baseDelayMs',
+  'maxDelayMs',
+  'deadlineMs',
+  'shouldRetry',
+  'onRetry',
+  'signal',
+  'random',
+] as const
 
 /** Checks options once; the returned policy runs any number of calls. */
 export function createRetry(options: RetryOptions = {}): RetryPolicy {
+  checkObject(options, 'retry')
+  checkKnownKeys(options as Record<string, unknown>, 'retry', KNOWN_KEYS)
+  const name = optional(options.name, DEFAULT_RETRY_OPTIONS.name, (v) =>
+    checkString(v, 'retry.name', { nonEmpty: true }),
+  )
   const maxAttempts = optional(options.maxAttempts, DEFAULT_RETRY_OPTIONS.maxAttempts, (v) =>
     checkNumber(v, 'retry.maxAttempts', { min: 1, integer: true }),
   )
   const baseDelayMs = optional(options.baseDelayMs, DEFAULT_RETRY_OPTIONS.baseDelayMs, (v) =>
-    checkNumber(v, 'retry.baseDelayMs', { min: 0 }),
+    checkNumber(v, 'retry.baseDelayMs', { min: 0, max: MAX_TIMER_MS }),
   )
-  const maxDelayMs = optional(options.maxDelayMs, DEFAULT_RETRY_OPTIONS.maxDelayMs, (v) =>
-    checkNumber(v, 'retry.maxDelayMs', { min: baseDelayMs }),
+  const maxDelayMs = optional(
+    options.maxDelayMs,
+    Math.max(DEFAULT_RETRY_OPTIONS.maxDelayMs, baseDelayMs),
+    (v) => checkNumber(v, 'retry.maxDelayMs', { min: baseDelayMs, max: MAX_TIMER_MS }),
   )
   const deadlineMs = optional(options.deadlineMs, DEFAULT_RETRY_OPTIONS.deadlineMs, (v) =>
     checkNumber(v, 'retry.deadlineMs', { min: 0 }),
@@ -79,31 +124,52 @@ export function createRetry(options: RetryOptions = {}): RetryPolicy {
     () => true,
     (v) => checkFunction<(err: unknown, attempt: number) => boolean>(v, 'retry.shouldRetry'),
   )
-  const onRetry = options.onRetry
-  const next = decorrelatedJitter(baseDelayMs, maxDelayMs, options.random)
-  const defaultSignal = options.signal
+  const random = optional(options.random, Math.random, (v) => checkFunction<() => number>(v, 'retry.random'))
+  const listeners = new Emitter<RetryEvent>()
+  if (options.onRetry !== undefined) listeners.on(checkFunction(options.onRetry, 'retry.onRetry'))
+  const defaultSignal = optional<AbortSignal | undefined>(options.signal, undefined, (v) => {
+    if (!(v instanceof AbortSignal)) throw configError('retry.signal', 'an AbortSignal', v)
+    return v
+  })
+  const next = decorrelatedJitter(baseDelayMs, maxDelayMs, random)
 
   return {
+    name,
     async execute(fn, callOptions) {
       const signal = callOptions?.signal ?? defaultSignal
       const started = performance.now()
       let delay = baseDelayMs
       for (let attempt = 1; ; attempt++) {
-        if (signal?.aborted) throw abortError(signal, 'retry')
+        if (signal?.aborted) throw abortError(signal, `retry ${name}`)
         try {
-          return await fn({ attempt, signal })
+          const value = await fn({ attempt, signal })
+          metrics.recordRetry(name, attempt === 1 ? 'successful_without_retry' : 'successful_with_retry')
+          return value
         } catch (err) {
-          if (attempt >= maxAttempts || !shouldRetry(err, attempt) || signal?.aborted) throw err
-          delay = next(delay)
-          const elapsed = performance.now() - started
-          if (elapsed + delay > deadlineMs) throw err
-          onRetry?.({ attempt, delayMs: delay, error: err })
-          await sleep(delay, signal)
+          const again = attempt < maxAttempts && !signal?.aborted && shouldRetry(err, attempt)
+          if (again) delay = next(delay)
+          if (!again || performance.now() - started + delay > deadlineMs) {
+            metrics.recordRetry(name, attempt === 1 ? 'failed_without_retry' : 'failed_with_retry')
+            throw err
+          }
+          const event = { name, attempt, delayMs: delay, error: err }
+          publish(channels.retry, event)
+          listeners.emit(event)
+          try {
+            await sleep(delay, signal, { ref: true })
+          } catch (abort) {
+            metrics.recordRetry(name, 'failed_with_retry')
+            throw abort
+          }
         }
       }
     },
+    onRetry: (listener) => listeners.on(listener),
   }
 }
+
+/** setTimeout's largest delay; longer ones fire at once. */
+const MAX_TIMER_MS = 2_147_483_647
 
 /** One-off form: `retry(fn, options)`. */
 export function retry<T>(fn: (ctx: RetryContext) => Promise<T>, options: RetryOptions = {}): Promise<T> {

@@ -1,3 +1,4 @@
+import { channels, publish } from './channels.js'
 import { ResilientError } from './errors.js'
 
 export interface TimeoutOptions {
@@ -13,6 +14,11 @@ export interface TimeoutOptions {
  * told to stop through the signal; it is not awaited further.
  * `ms` of `Infinity` or `0` means no timeout: then no timer and no signal is created
  * unless the caller passed one.
+ *
+ * The timer is cleared the moment the call settles, and the listener on the caller's
+ * signal is removed then too (no leak on a long-lived signal). While the call is pending
+ * the timer keeps the process alive: a pending call gets its answer or its E_TIMEOUT.
+ * A synchronous throw from `fn` becomes a rejection.
  */
 export function withTimeout<T>(
   fn: (signal: AbortSignal | undefined) => Promise<T>,
@@ -21,7 +27,13 @@ export function withTimeout<T>(
 ): Promise<T> {
   const parent = options.signal
   if (parent?.aborted) return Promise.reject(abortError(parent, options.operation))
-  if (!(ms > 0) || ms === Number.POSITIVE_INFINITY) return fn(parent)
+  if (!(ms > 0) || ms === Number.POSITIVE_INFINITY) {
+    try {
+      return Promise.resolve(fn(parent))
+    } catch (err) {
+      return Promise.reject(err)
+    }
+  }
 
   const controller = new AbortController()
   return new Promise<T>((resolve, reject) => {
@@ -41,11 +53,11 @@ export function withTimeout<T>(
     const timer = setTimeout(() => {
       if (settled) return
       finish()
-      const err = new ResilientError(
-        'E_TIMEOUT',
-        `${options.operation ?? 'operation'} timed out after ${ms} ms`,
-        { details: { timeoutMs: ms } },
-      )
+      const operation = options.operation ?? 'operation'
+      const err = new ResilientError('E_TIMEOUT', `${operation} timed out after ${ms} ms`, {
+        details: { timeoutMs: ms },
+      })
+      publish(channels.timeout, { operation, timeoutMs: ms })
       controller.abort(err)
       reject(err)
     }, ms)
@@ -58,7 +70,7 @@ export function withTimeout<T>(
       reject(err)
       return
     }
-    work.then(
+    Promise.resolve(work).then(
       (value) => {
         if (settled) return
         finish()
@@ -80,8 +92,21 @@ export function abortError(signal: AbortSignal, operation?: string): Error {
   return new ResilientError('E_ABORTED', `${operation ?? 'operation'} was aborted`, { cause: reason })
 }
 
-/** Resolves after `ms`, or rejects when `signal` aborts. The timer never keeps the process alive. */
-export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+export interface SleepOptions {
+  /**
+   * Whether the timer keeps the process alive. A background wait (a poller between two
+   * polls) should not; a wait that someone awaits (a retry's backoff) should.
+   * @default false
+   */
+  ref?: boolean
+}
+
+/**
+ * Resolves after `ms`, or rejects (E_ABORTED, or the signal's ResilientError reason) when
+ * `signal` aborts; the abort listener is removed when the timer fires. By default the
+ * timer does not keep the process alive; pass `{ ref: true }` for a wait that must finish.
+ */
+export function sleep(ms: number, signal?: AbortSignal, options?: SleepOptions): Promise<void> {
   if (signal?.aborted) return Promise.reject(abortError(signal))
   return new Promise((resolve, reject) => {
     const onAbort = () => {
@@ -92,7 +117,7 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
       signal?.removeEventListener('abort', onAbort)
       resolve()
     }, ms)
-    timer.unref?.()
+    if (options?.ref !== true) timer.unref?.()
     signal?.addEventListener('abort', onAbort, { once: true })
   })
 }
