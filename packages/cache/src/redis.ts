@@ -1,0 +1,250 @@
+import { configError, ResilientError } from '@resilient/core'
+import { type Cluster, Redis } from 'ioredis'
+import type { CacheRedisOptions } from './options.js'
+
+/** A Redis or Cluster client of ioredis 5. */
+export type RedisClient = Redis | Cluster
+
+/** Options the cache always sets on a client it creates: the reasons a Redis call can hang. */
+export const FORCED_CLIENT_OPTIONS = [
+  'commandTimeout',
+  'enableOfflineQueue',
+  'autoResendUnfulfilledCommands',
+  'maxRetriesPerRequest',
+  'lazyConnect',
+  'keyPrefix',
+] as const
+
+export function isRedisClient(value: unknown): value is RedisClient {
+  const v = value as Record<string, unknown> | null
+  return (
+    typeof v === 'object' &&
+    v !== null &&
+    typeof v.sendCommand === 'function' &&
+    typeof v.duplicate === 'function' &&
+    typeof v.isCluster === 'boolean'
+  )
+}
+
+/** Reconnect quickly, but never in a tight loop: 50, 100, 200 ... capped at 1 s, with jitter. */
+export function reconnectDelay(times: number): number {
+  const base = Math.min(1000, 50 * 2 ** Math.min(times - 1, 5))
+  return Math.round(base / 2 + Math.random() * (base / 2))
+}
+
+/** Largest `commandTimeout` accepted on a client you pass in. */
+export function maxClientCommandTimeout(redisTimeoutMs: number): number {
+  return Math.max(1000, redisTimeoutMs * 10)
+}
+
+/**
+ * Refuses a caller's client whose settings let a command wait without bound, naming the
+ * option to change. The cache's own timer would still bound the caller, but commands would
+ * pile up inside the client (the offline queue) and be replayed later (SETs after a DEL).
+ */
+export function checkCallerClient(client: RedisClient, redisTimeoutMs: number): void {
+  const max = maxClientCommandTimeout(redisTimeoutMs)
+  if (client.isCluster) {
+    const opts = (client as Cluster).options
+    if (opts.enableOfflineQueue !== false) {
+      throw configError('cache.redis (your Cluster) enableOfflineQueue', 'false')
+    }
+    checkNodeOptions(
+      (opts.redisOptions ?? {}) as Record<string, unknown>,
+      'cache.redis (your Cluster) redisOptions',
+      max,
+    )
+    return
+  }
+  const opts = (client as Redis).options
+  if (opts.enableOfflineQueue !== false) {
+    throw configError('cache.redis (your client) enableOfflineQueue', 'false')
+  }
+  checkNodeOptions(opts as Record<string, unknown>, 'cache.redis (your client)', max)
+}
+
+function checkNodeOptions(opts: Record<string, unknown>, where: string, max: number): void {
+  const t = opts.commandTimeout
+  if (typeof t !== 'number' || !(t > 0) || t > max) {
+    throw configError(`${where} commandTimeout`, `a number of ms from 1 to ${max}`, t)
+  }
+  if (opts.autoResendUnfulfilledCommands !== false) {
+    throw configError(`${where} autoResendUnfulfilledCommands`, 'false', opts.autoResendUnfulfilledCommands)
+  }
+  if (opts.maxRetriesPerRequest === null) {
+    throw configError(`${where} maxRetriesPerRequest`, 'a number (0 is best), not null', null)
+  }
+}
+
+/** Creates the client the cache owns, with every wait bounded. */
+export function createOwnedClient(options: CacheRedisOptions, redisTimeoutMs: number): Redis {
+  const o = options as Record<string, unknown>
+  for (const key of FORCED_CLIENT_OPTIONS) {
+    if (o[key] !== undefined) {
+      throw configError(`cache.redis.${key}`, 'not set: the cache sets it (see cache.redisTimeoutMs)')
+    }
+  }
+  const sentinel = Array.isArray(o.sentinels)
+  if (sentinel && (typeof o.name !== 'string' || o.name.length === 0)) {
+    throw configError('cache.redis.name', 'the Sentinel master name (a non-empty string)', o.name)
+  }
+  return new Redis({
+    connectTimeout: Math.max(1000, redisTimeoutMs * 10),
+    retryStrategy: reconnectDelay,
+    ...(sentinel
+      ? {
+          sentinelRetryStrategy: reconnectDelay,
+          sentinelCommandTimeout: Math.max(500, redisTimeoutMs * 5),
+          failoverDetector: true,
+        }
+      : {}),
+    ...options,
+    commandTimeout: redisTimeoutMs,
+    enableOfflineQueue: false,
+    autoResendUnfulfilledCommands: false,
+    maxRetriesPerRequest: 0,
+    lazyConnect: false,
+  })
+}
+
+/** A second connection for pub/sub, owned by the cache. */
+export function createSubscriber(client: RedisClient): RedisClient {
+  if (client.isCluster) {
+    return (client as Cluster).duplicate(undefined, { enableOfflineQueue: false, lazyConnect: false })
+  }
+  return (client as Redis).duplicate({
+    enableOfflineQueue: false,
+    autoResubscribe: false,
+    lazyConnect: false,
+  })
+}
+
+/**
+ * Runs `fn` and rejects with E_TIMEOUT after `ms`, without an AbortController: this is on
+ * the hot path. The timer starts before the command is handed to ioredis, so that with
+ * equal timeouts ours fires first and is counted as a timeout.
+ */
+export function bounded<T>(fn: () => Promise<T>, ms: number, operation: string): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      reject(
+        new ResilientError('E_TIMEOUT', `redis ${operation} timed out after ${Math.round(ms)} ms`, {
+          noStack: true,
+          details: { timeoutMs: ms, operation },
+        }),
+      )
+    }, ms)
+    let work: Promise<T>
+    try {
+      work = fn()
+    } catch (err) {
+      clearTimeout(timer)
+      reject(err)
+      return
+    }
+    work.then(
+      (v) => {
+        clearTimeout(timer)
+        resolve(v)
+      },
+      (err) => {
+        clearTimeout(timer)
+        reject(err)
+      },
+    )
+  })
+}
+
+/** `true` when commands can be written now (no queueing anywhere). */
+export function isReady(client: RedisClient): boolean {
+  return client.status === 'ready'
+}
+
+/**
+ * Lua scripts. KEYS of one call always share a hash slot: the key is wrapped in `{...}`.
+ * Stored value format: `<logical expiry, epoch ms>:<payload>`.
+ */
+export const SCRIPTS = {
+  /** KEYS: value, generation, lease. ARGV: now, lease token, lease ttl. -> [value, generation, gotLease] */
+  lookupLease: {
+    numberOfKeys: 3,
+    lua: `local v = redis.call('GET', KEYS[1])
+local g = redis.call('GET', KEYS[2])
+local fresh = false
+if v then
+  local e = tonumber(string.match(v, '^(%d+):'))
+  if e and e > tonumber(ARGV[1]) then fresh = true end
+end
+local lease = 0
+if not fresh then
+  if redis.call('SET', KEYS[3], ARGV[2], 'NX', 'PX', ARGV[3]) then lease = 1 end
+end
+return {v, g, lease}`,
+  },
+  /** KEYS: value, generation, lease. ARGV: expected generation ('' = none), data, px, lease token ('' = none). -> 1 stored, 0 raced */
+  fill: {
+    numberOfKeys: 3,
+    lua: `local g = redis.call('GET', KEYS[2]) or ''
+if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) == ARGV[4] then redis.call('DEL', KEYS[3]) end
+if g ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1`,
+  },
+  /** KEYS: value, generation. ARGV: generation ttl, channel, message. Bumps the generation so that in-flight fills lose. */
+  invalidate: {
+    numberOfKeys: 2,
+    lua: `redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+local n = redis.call('DEL', KEYS[1])
+if ARGV[2] ~= '' then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+return n`,
+  },
+  /** KEYS: value, generation. ARGV: data, px, generation ttl, channel, message. A write-through set: in-flight fills lose. */
+  write: {
+    numberOfKeys: 2,
+    lua: `redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+return 1`,
+  },
+  /** KEYS: lease. ARGV: token. Releases a lease this process holds. */
+  release: {
+    numberOfKeys: 1,
+    lua: `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0`,
+  },
+  /** KEYS: tag set. ARGV: member, px. Adds the key to the tag's set and keeps the set alive at least px. */
+  tagAdd: {
+    numberOfKeys: 1,
+    lua: `redis.call('SADD', KEYS[1], ARGV[1])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 1`,
+  },
+} as const
+
+export type ScriptName = keyof typeof SCRIPTS
+
+const COMMAND_PREFIX = 'resilientCache_'
+
+/** Defines the scripts on a client once (ioredis sends EVALSHA and falls back to EVAL). */
+export function defineScripts(client: RedisClient): void {
+  const c = client as unknown as Record<string, unknown>
+  for (const [name, s] of Object.entries(SCRIPTS)) {
+    if (typeof c[COMMAND_PREFIX + name] !== 'function') {
+      client.defineCommand(COMMAND_PREFIX + name, { numberOfKeys: s.numberOfKeys, lua: s.lua })
+    }
+  }
+}
+
+export function runScript(
+  client: RedisClient,
+  name: ScriptName,
+  keys: string[],
+  args: (string | number)[],
+): Promise<unknown> {
+  const fn = (client as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[
+    COMMAND_PREFIX + name
+  ]!
+  return fn.call(client, ...keys, ...args)
+}
