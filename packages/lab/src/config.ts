@@ -23,6 +23,12 @@ export interface PatroniMemberConfigInput {
   apiPort: number
   etcdClientPort: number
   dataDir: string
+  /**
+   * Folder of the Unix socket. NOT the data folder: pg_rewind copies every file of the source's
+   * data folder and fails on a socket ("could not open file .s.PGSQL.N: No such device or
+   * address"), leaving an empty socket lock file behind that stops the member from starting.
+   */
+  socketDir: string
   pgpassPath: string
   superuser: { username: string; password: string }
   replication: { username: string; password: string }
@@ -85,7 +91,7 @@ export function patroniConfig(input: PatroniMemberConfigInput): Record<string, u
         replication: input.replication,
       },
       parameters: {
-        unix_socket_directories: input.dataDir,
+        unix_socket_directories: input.socketDir,
         shared_buffers: '32MB',
         // A process crash (kill -9) loses nothing with fsync off; only an OS crash would.
         fsync: 'off',
@@ -202,6 +208,19 @@ export function sentinelConf(input: SentinelInput): string {
     `sentinel parallel-syncs ${name} 1`,
     '',
   ].join('\n')
+}
+
+/** Longest Unix socket path Linux accepts (sun_path is 108 bytes with the NUL). */
+export const MAX_SOCKET_PATH = 107
+
+/** Throws when PostgreSQL's socket path in `dir` would be too long for Linux. */
+export function checkSocketDir(dir: string): void {
+  const path = `${dir}/.s.PGSQL.65535`
+  if (Buffer.byteLength(path) > MAX_SOCKET_PATH) {
+    throw new Error(
+      `lab folder too deep: the PostgreSQL socket path ${path} exceeds ${MAX_SOCKET_PATH} bytes; use a shorter baseDir`,
+    )
+  }
 }
 
 /** A Patroni scope unique to one lab folder: letters, digits and dashes only. */

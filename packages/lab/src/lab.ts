@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import {
   connectionString as buildConnectionString,
+  checkSocketDir,
   etcdArgs,
   HOST,
   PG_BIN_DIR,
@@ -310,7 +311,10 @@ export class Lab {
         if (!leader || leader.name === opts.not || leader.state !== 'running') return undefined
         const res = await fetch(`${leader.apiUrl}/primary`, { signal: AbortSignal.timeout(1000) })
         await res.body?.cancel()
-        return res.status === 200 ? leader : undefined
+        if (res.status !== 200) return undefined
+        // Patroni reports the new role as soon as it asks for promotion: trust SQL.
+        const rows = await this.sql('select pg_is_in_recovery()', leader.name)
+        return rows[0]?.[0] === 'f' ? leader : undefined
       },
       { timeoutMs, intervalMs: 100 },
     )
@@ -540,18 +544,25 @@ export class Lab {
 
   /** Starts the Redis primary again on the same port with the same folder; resolves when it answers PING. */
   async restartRedis(): Promise<void> {
-    const node = this.#requireRedisPrimary()
-    if (node.pid && isProcessAlive(node.pid)) await this.#killRedisNode(node)
-    await this.#spawnRedis(node, node.startedAsReplica ? this.#state.redis[0]?.port : undefined)
-    await this.#waitForPing(node.port, this.#readyTimeoutMs)
+    await this.#restartRedisNode(this.#requireRedisPrimary())
   }
 
   /** Starts any stopped Redis server of the lab again (by name, e.g. 'redis0' or 'redis1'). */
   async restartRedisNode(name: string): Promise<void> {
     const node = this.#state.redis.find((r) => r.name === name)
     if (!node) throw new Error(`no such Redis server: ${name}`)
+    await this.#restartRedisNode(node)
+  }
+
+  /**
+   * (Re)starts a Redis server on its port and folder. With sentinels, a server that is not the
+   * sentinels' master comes back as a replica of that master (as Sentinel would make it).
+   */
+  async #restartRedisNode(node: RedisNodeState): Promise<void> {
     if (node.pid && isProcessAlive(node.pid)) await this.#killRedisNode(node)
-    await this.#spawnRedis(node, node.startedAsReplica ? this.#state.redis[0]?.port : undefined)
+    let master = this.#redisPrimaryNode()?.port
+    if (this.#state.sentinel) master = (await this.sentinelMaster().catch(() => undefined))?.port ?? master
+    await this.#spawnRedis(node, master !== undefined && master !== node.port ? master : undefined)
     await this.#waitForPing(node.port, this.#readyTimeoutMs)
   }
 
@@ -1138,6 +1149,7 @@ export async function startLab(options: LabOptions = {}): Promise<Lab> {
     for (let i = 0; i < nodes; i++) {
       const name = `pg${i}`
       const dir = mkdir(join(baseDir, name), true)
+      checkSocketDir(dir)
       const [port, apiPort] = await ports.many(2)
       const member: MemberState = {
         name,
@@ -1155,6 +1167,7 @@ export async function startLab(options: LabOptions = {}): Promise<Lab> {
         apiPort: member.apiPort,
         etcdClientPort: state.etcd!.clientPort,
         dataDir: member.dataDir,
+        socketDir: dir,
         pgpassPath: join(dir, 'pgpass'),
         superuser: { username: state.postgres.user, password: state.postgres.password },
         replication: {
