@@ -264,13 +264,14 @@ class CacheImpl implements Cache {
     if (l1) {
       const e = l1.get(key)
       if (e !== undefined) {
-        if (e.exp > Date.now()) {
+        const now = Date.now()
+        if (e.exp > now) {
           this.#s.hitsL1++
           if (channels.hit.hasSubscribers)
             channels.hit.publish({ namespace: this.namespace, key, layer: 'l1' })
           return e.value as T
         }
-        staleL1 = e
+        if (e.hardExp > now) staleL1 = e
       }
     }
     const opts = this.#callOptions(options)
@@ -395,7 +396,7 @@ class CacheImpl implements Cache {
         if (leaseToken) this.#background(this.#releaseLease(key, leaseToken))
         finish()
         if (background) throw err
-        if (stale && stale.hardExp > Date.now() && !ResilientError.is(err, 'E_ABORTED')) {
+        if (stale && stale.hardExp > Date.now() && !ResilientError.is(err, 'E_SHUTTING_DOWN')) {
           return this.#serveStale(
             key,
             stale,
@@ -445,9 +446,7 @@ class CacheImpl implements Cache {
 
   #loaderError(err: unknown): unknown {
     if (ResilientError.is(err, 'E_TIMEOUT')) return err
-    if (ResilientError.is(err, 'E_ABORTED') && this.#closeController.signal.aborted) {
-      return new ResilientError('E_SHUTTING_DOWN', 'the cache was closed during the load', { cause: err })
-    }
+    if (this.#closeController.signal.aborted && this.#closeController.signal.reason === err) return err
     return new ResilientError('E_LOADER', 'the cache loader failed', { cause: err })
   }
 

@@ -1,0 +1,131 @@
+import { type Cache, createCache, type RedisErrorEvent } from '@resilient/cache'
+import type { BreakerStateChange } from '@resilient/core'
+import { afterEach, describe, expect, it } from 'vitest'
+import { type FakeRedis, startFakeRedis } from './fake-redis.js'
+
+// Protocol edge cases against an in-process RESP server on port 0 (real sockets, real timers).
+
+let fake: FakeRedis | undefined
+let cache: Cache | undefined
+afterEach(async () => {
+  await cache?.close()
+  await fake?.close()
+  cache = undefined
+  fake = undefined
+})
+
+async function until(cond: () => boolean, timeoutMs = 5_000): Promise<void> {
+  const end = Date.now() + timeoutMs
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('condition not met in time')
+    await new Promise((r) => setTimeout(r, 5))
+  }
+}
+
+const TIMEOUT = 50
+
+describe('a Redis that accepts connections but never answers (like SIGSTOP)', () => {
+  it('bounds every call by redisTimeoutMs, opens the breaker, then sends nothing more', async () => {
+    fake = await startFakeRedis('hang')
+    cache = createCache({
+      redis: { host: '127.0.0.1', port: fake.port },
+      namespace: 'hang',
+      redisTimeoutMs: TIMEOUT,
+      breaker: { volumeThreshold: 3, resetTimeoutMs: 60_000 },
+    })
+    const c = cache
+    const changes: BreakerStateChange[] = []
+    c.onBreakerStateChange((e) => changes.push(e))
+    await until(() => c.stats().redisStatus === 'ready')
+
+    const durations: number[] = []
+    for (let i = 0; i < 6; i++) {
+      const t0 = performance.now()
+      expect(await c.getOrLoad(`k${i}`, async () => i)).toBe(i)
+      durations.push(performance.now() - t0)
+    }
+    // The first calls wait out the Redis timeout (and not more); the rest skip Redis.
+    // Slack of 45 ms: the bound is a timer, the slack is event-loop noise of a shared CI box.
+    expect(Math.max(...durations)).toBeLessThan(TIMEOUT + 45)
+    expect(c.stats().breaker).toBe('open')
+    expect(changes.map((e) => e.to)).toEqual(['open'])
+    expect(c.stats().redisTimeouts).toBeGreaterThanOrEqual(3)
+
+    const sentBefore = fake.commands.length
+    const countedBefore = c.stats().redisCommands
+    for (let i = 0; i < 50; i++) await c.getOrLoad(`open${i}`, async () => i)
+    await c.flush()
+    expect(fake.commands.length).toBe(sentBefore)
+    expect(c.stats().redisCommands).toBe(countedBefore)
+    expect(c.stats().redisSkipped).toBeGreaterThanOrEqual(50) // the lookup of each call
+    expect(await c.check()).toMatchObject({ status: 'warn' })
+    // writes that must reach Redis say they did not
+    await expect(c.delete('k1')).rejects.toMatchObject({ code: 'E_CACHE_UNAVAILABLE' })
+  })
+
+  it('check() reports a hung Redis as warn within the timeout', async () => {
+    fake = await startFakeRedis('hang')
+    cache = createCache({ redis: { host: '127.0.0.1', port: fake.port }, redisTimeoutMs: TIMEOUT })
+    const { check } = cache
+    const c = cache
+    await until(() => c.stats().redisStatus === 'ready')
+    const t0 = performance.now()
+    const result = await check()
+    expect(performance.now() - t0).toBeLessThan(TIMEOUT + 45)
+    expect(result).toEqual({ status: 'warn', output: 'redis ping timed out: serving from L1 and loaders' })
+  })
+})
+
+describe('a Redis that answers garbage or errors', () => {
+  it('garbage bytes: errors are counted and reported, callers still get the loader value', async () => {
+    fake = await startFakeRedis('garbage')
+    cache = createCache({
+      redis: { host: '127.0.0.1', port: fake.port },
+      namespace: 'garbage',
+      redisTimeoutMs: TIMEOUT,
+    })
+    const c = cache
+    const events: RedisErrorEvent[] = []
+    c.onRedisError((e) => events.push(e))
+    await until(() => c.stats().redisStatus === 'ready')
+    for (let i = 0; i < 5; i++) expect(await c.getOrLoad(`k${i}`, async () => `v${i}`)).toBe(`v${i}`)
+    await c.flush()
+    expect(events.length).toBeGreaterThan(0)
+    const s = c.stats()
+    expect(s.redisErrors + s.redisTimeouts + s.redisSkipped).toBeGreaterThan(0)
+    expect(s.loads).toBe(5)
+  })
+
+  it('RESP errors count as failures and open the breaker', async () => {
+    fake = await startFakeRedis('error')
+    cache = createCache({
+      redis: { host: '127.0.0.1', port: fake.port },
+      namespace: 'errors',
+      redisTimeoutMs: TIMEOUT,
+      breaker: { volumeThreshold: 4, resetTimeoutMs: 60_000 },
+    })
+    const c = cache
+    await until(() => c.stats().redisStatus === 'ready')
+    for (let i = 0; i < 10; i++) expect(await c.getOrLoad(`k${i}`, async () => i)).toBe(i)
+    await c.flush()
+    expect(c.stats().redisErrors).toBeGreaterThanOrEqual(4)
+    expect(c.stats().breaker).toBe('open')
+    expect(await c.get('k1')).toBe(1) // L1 still serves
+  })
+})
+
+describe('a Redis that is not there', () => {
+  it('skips Redis while disconnected: no waiting, no commands, no unhandled errors', async () => {
+    fake = await startFakeRedis('hang')
+    const port = fake.port
+    await fake.close()
+    fake = undefined
+    cache = createCache({ redis: { host: '127.0.0.1', port }, redisTimeoutMs: TIMEOUT })
+    const c = cache
+    const t0 = performance.now()
+    for (let i = 0; i < 20; i++) await c.getOrLoad(`k${i}`, async () => i)
+    expect(performance.now() - t0).toBeLessThan(TIMEOUT)
+    expect(c.stats().redisCommands).toBe(0)
+    expect((await c.check()).status).toBe('warn')
+  })
+})
