@@ -137,6 +137,19 @@ export function createBreaker(options: BreakerOptions = {}): Breaker {
     (v) => checkFunction<(err: unknown) => boolean>(v, 'breaker.isFailure'),
   )
 
+  const safeIsFailure = (err: unknown): boolean => {
+    try {
+      return isFailure(err) !== false
+    } catch {
+      return true // a throwing filter must not turn a failure into a success
+    }
+  }
+  const classify = (err: unknown, signal: AbortSignal | undefined): 'failed' | 'ignored' | 'aborted' => {
+    if (signal?.aborted && !ResilientError.is(err, 'E_TIMEOUT')) return 'aborted'
+    return safeIsFailure(err) ? 'failed' : 'ignored'
+  }
+  let pending: 'ignored' | 'aborted' | undefined
+
   const operation = `breaker ${name} call`
   const action: Action =
     timeoutMs > 0
@@ -153,24 +166,19 @@ export function createBreaker(options: BreakerOptions = {}): Breaker {
     rollingCountBuckets: rollingBuckets,
     rollingPercentilesEnabled: false,
     enableSnapshots: false,
-    // true = "not a failure" for opossum. A call the caller aborted says nothing about the
-    // dependency: it does not count, except as the half-open trial, where it re-opens (we
-    // learned nothing, so we wait another resetTimeoutMs rather than close blind).
-    // opossum passes the call's arguments after the error: (err, fn, signal).
+    // opossum calls this (err, fn, signal) right before it emits 'success' (true: not a
+    // failure) or 'failure' (false), synchronously; `pending` carries our verdict to that event.
     errorFilter: ((err: unknown, _fn: unknown, signal?: AbortSignal) => {
-      if (signal?.aborted && !ResilientError.is(err, 'E_TIMEOUT')) return !cb.halfOpen
-      return !safeIsFailure(err)
+      const kind = classify(err, signal)
+      if (kind === 'failed') return false
+      // A call the caller aborted says nothing about the dependency: it does not count,
+      // except as the half-open trial, where it re-opens (we learned nothing, so we wait
+      // another resetTimeoutMs rather than close blind).
+      pending = kind
+      return !(kind === 'aborted' && cb.halfOpen)
     }) as (err: unknown) => boolean,
   })
   dropLatencySamples(cb)
-
-  const safeIsFailure = (err: unknown): boolean => {
-    try {
-      return isFailure(err) !== false
-    } catch {
-      return true // a throwing filter must not turn a failure into a success
-    }
-  }
 
   const changes = new Emitter<BreakerStateChange>()
   let state: BreakerState = 'closed'
@@ -188,10 +196,24 @@ export function createBreaker(options: BreakerOptions = {}): Breaker {
     publish(channels.breakerState, change)
     changes.emit(change)
   }
+  // Counting rides on opossum's own events: no extra promise per call.
+  cb.on('success', () => {
+    const kind = pending
+    pending = undefined
+    if (kind !== 'aborted') successes++ // an error isFailure rejects counts as a success, as in opossum
+  })
+  cb.on('failure', (err: unknown) => {
+    const kind = pending
+    pending = undefined
+    if (kind === 'aborted') return // the half-open trial its caller aborted: re-opens, is not counted
+    failures++
+    if (ResilientError.is(err, 'E_TIMEOUT')) timeouts++
+  })
   cb.on('open', () => move('open'))
   cb.on('halfOpen', () => move('half-open'))
   cb.on('close', () => move('closed'))
 
+  const rejectDetails = Object.freeze({ breaker: name })
   const rejected = () => {
     rejects++
     publish(channels.breakerReject, { name })
@@ -199,7 +221,7 @@ export function createBreaker(options: BreakerOptions = {}): Breaker {
     return Promise.reject(
       new ResilientError('E_CIRCUIT_OPEN', `circuit ${name} is open`, {
         noStack: true,
-        details: { breaker: name },
+        details: rejectDetails,
       }),
     )
   }
@@ -218,24 +240,17 @@ export function createBreaker(options: BreakerOptions = {}): Breaker {
       if (isShutdown || cb.opened || (cb.halfOpen && !cb.pendingClose)) return rejected() as Promise<T>
       const signal = callOptions?.signal
       if (signal?.aborted) return Promise.reject(abortError(signal, operation))
-      const timed = metrics.active
-      const t0 = timed ? performance.now() : 0
-      return (cb.fire(fn as Parameters<Action>[0], signal) as Promise<T>).then(
+      const p = cb.fire(fn as Parameters<Action>[0], signal) as Promise<T>
+      if (!metrics.active) return p
+      const t0 = performance.now()
+      return p.then(
         (value) => {
-          successes++
-          if (timed) metrics.recordBreakerCall(name, 'successful', (performance.now() - t0) / 1000)
+          metrics.recordBreakerCall(name, 'successful', (performance.now() - t0) / 1000)
           return value
         },
         (err: unknown) => {
-          const callerAborted = signal?.aborted === true && !ResilientError.is(err, 'E_TIMEOUT')
-          const failed = !callerAborted && safeIsFailure(err)
-          if (failed) {
-            failures++
-            if (ResilientError.is(err, 'E_TIMEOUT')) timeouts++
-          } else if (!callerAborted) successes++
-          if (timed) {
-            metrics.recordBreakerCall(name, failed ? 'failed' : 'ignored', (performance.now() - t0) / 1000)
-          }
+          const kind = classify(err, signal)
+          if (kind !== 'aborted') metrics.recordBreakerCall(name, kind, (performance.now() - t0) / 1000)
           throw err
         },
       )

@@ -23,6 +23,7 @@ export const ErrorCodes = [
 export type ErrorCode = (typeof ErrorCodes)[number]
 
 const brand = Symbol.for('@resilient/core.ResilientError')
+const NO_DETAILS: Readonly<Record<string, unknown>> = Object.freeze({})
 
 export interface ResilientErrorOptions {
   cause?: unknown
@@ -47,8 +48,10 @@ export class ResilientError extends Error {
       super(message, options.cause === undefined ? undefined : { cause: options.cause })
     }
     this.code = code
-    this.details = Object.freeze({ ...options.details })
-    Object.defineProperty(this, brand, { value: true })
+    const details = options.details
+    // A frozen details object is kept as is (hot paths pass one made once); others are copied and frozen.
+    this.details =
+      details === undefined ? NO_DETAILS : Object.isFrozen(details) ? details : Object.freeze({ ...details })
   }
 
   override get name(): string {
@@ -96,6 +99,9 @@ export function errorType(err: unknown): string {
   }
   return '_OTHER'
 }
+
+// The brand lives on the prototype: set once, inherited by every instance and subclass.
+Object.defineProperty(ResilientError.prototype, brand, { value: true })
 
 export function isResilientError(err: unknown, code?: ErrorCode): err is ResilientError {
   return ResilientError.is(err, code)
