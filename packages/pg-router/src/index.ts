@@ -1,0 +1,52 @@
+export { channelNames, channels } from './channels.js'
+export type { CheckResult } from './check.js'
+export type { Classification, ClassifyContext, ErrorClass } from './classify.js'
+export { classifyError, mayRetry } from './classify.js'
+export type {
+  PatroniAuthOptions,
+  PatroniDiscoveryOptions,
+  PatroniTlsOptions,
+} from './discovery/patroni.js'
+export { createPatroniDiscovery, DEFAULT_PATRONI_DISCOVERY_OPTIONS } from './discovery/patroni.js'
+export type { StaticDiscoveryOptions, StaticHost } from './discovery/static.js'
+export { createStaticDiscovery, DEFAULT_STATIC_DISCOVERY_OPTIONS } from './discovery/static.js'
+export type {
+  DiscoveredMember,
+  Discovery,
+  DiscoveryErrorEvent,
+  DiscoveryResult,
+  MemberRole,
+} from './discovery/types.js'
+export { RouterPool } from './facade.js'
+export type { FailoverEvent } from './failover.js'
+export type { MemberPoolStats } from './member-pool.js'
+export type {
+  ConnectionOptions,
+  FailoverOptions,
+  HostAddress,
+  MonitorOptions,
+  PatroniOptions,
+  PgRouterOptions,
+  PoolOptions,
+  ReplicaOptions,
+  SessionOptions,
+} from './options.js'
+export { DEFAULT_PG_ROUTER_OPTIONS } from './options.js'
+export type {
+  CommitStatus,
+  MemberStats,
+  PgRouter,
+  QueryCallback,
+  QueryText,
+  RouterStats,
+} from './router.js'
+export { createPgRouter } from './router.js'
+export type {
+  IsolationLevel,
+  StatementOptions,
+  TransactionClient,
+  TransactionOptions,
+  WriteOptions,
+} from './session.js'
+export { decodeToken, encodeToken, Session } from './session.js'
+export type { MemberView, Topology } from './topology.js'

@@ -1,0 +1,377 @@
+import { Emitter, publish, ResilientError, SingleFlight, toError, withTimeout } from '@resilient/core'
+import { channels } from './channels.js'
+import { type Classification, classifyError, isRoleMismatch } from './classify.js'
+import type { DiscoveredMember, Discovery, DiscoveryResult } from './discovery/types.js'
+import { type FailoverEvent, WriterGate } from './failover.js'
+import { MemberPool } from './member-pool.js'
+import type { ResolvedOptions } from './options.js'
+import { eligibleReplicas, type Member, parseLsn, type Topology, viewOf } from './topology.js'
+
+/**
+ * One per router. Polls discovery steadily (intervalMs, jittered) and fast (fastIntervalMs)
+ * while no writer is confirmed; confirms a discovered primary with SQL on a fresh
+ * connection before writes may use it; polls replay positions of the replicas so reads can
+ * skip lagging ones (and sessions can read their writes) without a round trip per read.
+ */
+export class Monitor {
+  readonly members = new Map<string, Member>()
+  readonly gate: WriterGate
+  readonly topologyChanges = new Emitter<Topology>()
+  readonly failovers = new Emitter<FailoverEvent>()
+  discoveryFailures = 0
+  consecutiveDiscoveryFailures = 0
+  lastDiscoveryAt: number | null = null
+  lastDiscoverySource: string | null = null
+  lastDiscoveryError: Error | null = null
+  conflict: string[] | null = null
+  /** Why the last attempt to confirm a discovered primary failed (ready() reports it). */
+  lastConfirmError: Error | null = null
+  #opts: ResolvedOptions
+  #discovery: Discovery
+  #onIdleError: (pool: MemberPool, err: Error, generation: number) => void
+  #timer: NodeJS.Timeout | undefined
+  #running: Promise<void> | null = null
+  #again = false
+  #closed = false
+  #candidateInRecovery = false
+  #lastSignature = ''
+  #lsnFlight = new SingleFlight<'lsn', void>()
+  #abort = new AbortController()
+
+  constructor(opts: ResolvedOptions, discovery: Discovery) {
+    this.#opts = opts
+    this.#discovery = discovery
+    this.gate = new WriterGate(opts.failover.maxQueue, (e) => {
+      publish(channels.failover, e)
+      this.failovers.emit(e)
+    })
+    this.#onIdleError = (pool, err, generation) => {
+      const member = this.members.get(pool.name)
+      const c = classifyError(err, { phase: 'query', sent: false, connectionLost: true })
+      publish(channels.poolError, { member: pool.name, sqlState: c.sqlState, errorCode: c.errorCode })
+      if (member && member.pool === pool) this.reportFailure(member, generation, c)
+    }
+  }
+
+  start(): void {
+    this.nudge()
+  }
+
+  /** Look again now (a failover is suspected). */
+  nudge(): void {
+    if (this.#closed) return
+    if (this.#running) {
+      this.#again = true
+      return
+    }
+    clearTimeout(this.#timer)
+    this.#running = this.#tick()
+      .catch((err: unknown) => {
+        // a bug, not a server problem: keep polling, say so
+        publish(channels.discoveryError, { source: 'monitor', error: toError(err) })
+      })
+      .finally(() => {
+        this.#running = null
+        this.#schedule()
+      })
+  }
+
+  /**
+   * The data path saw `c` from `member` on a connection of pool generation `generation`.
+   * A failover signal from the writer's current generation stops writes and drains its pool;
+   * from a replica it takes the replica out of the read rotation until a probe succeeds.
+   */
+  reportFailure(member: Member, generation: number, c: Classification): void {
+    if (!c.failoverSignal || this.#closed) return
+    const reason = c.sqlState ?? c.errorCode ?? c.class
+    if (this.gate.writer === member) {
+      if (generation !== member.pool.generation) return // an old, already drained connection
+      this.suspect(reason)
+      return
+    }
+    if (member.role === 'primary') {
+      // not confirmed yet (writes are held): make the monitor look again soon
+      this.nudge()
+      return
+    }
+    const until = performance.now() + this.#opts.monitor.intervalMs
+    if (member.downUntil < until) {
+      member.downUntil = until
+      publish(channels.replicaExcluded, { member: member.name, reason })
+    }
+  }
+
+  /** Stop writes to the writer, drain its pool, and poll fast until a primary is confirmed. */
+  suspect(reason: string): void {
+    const writer = this.gate.writer
+    if (!writer) return
+    if (this.gate.suspect(reason)) {
+      publish(channels.suspect, { member: writer.name, reason })
+      writer.pool.drain()
+      this.nudge()
+    }
+  }
+
+  #schedule(): void {
+    if (this.#closed) return
+    if (this.#again) {
+      this.#again = false
+      this.nudge()
+      return
+    }
+    const o = this.#opts.monitor
+    const delay = this.gate.writer
+      ? o.intervalMs * (0.9 + Math.random() * 0.2)
+      : this.#candidateInRecovery
+        ? o.confirmRetryMs
+        : o.fastIntervalMs
+    this.#timer = setTimeout(() => this.nudge(), delay)
+    this.#timer.unref()
+  }
+
+  async #tick(): Promise<void> {
+    const steady = this.gate.writer !== null
+    await this.#discover()
+    if (this.#closed) return
+    await this.#decideWriter()
+    if (this.#closed) return
+    if (steady || this.lastDiscoveryAt === null) await this.refreshLsns(true)
+    this.#emitTopologyIfChanged()
+  }
+
+  async #discover(): Promise<void> {
+    const budget = this.#opts.monitor.probeTimeoutMs * 5
+    let result: DiscoveryResult
+    try {
+      result = await withTimeout((signal) => this.#discovery.discover(signal), budget, {
+        signal: this.#abort.signal,
+        operation: 'discovery',
+      })
+    } catch (err) {
+      if (this.#closed) return
+      this.discoveryFailures++
+      this.consecutiveDiscoveryFailures++
+      this.lastDiscoveryError = toError(err)
+      publish(channels.discoveryError, { source: 'all', error: this.lastDiscoveryError })
+      return
+    }
+    if (this.#closed) return
+    this.consecutiveDiscoveryFailures = 0
+    this.lastDiscoveryError = null
+    this.lastDiscoveryAt = Date.now()
+    this.lastDiscoverySource = result.source
+    this.#apply(result)
+  }
+
+  #apply(result: DiscoveryResult): void {
+    const seen = new Set<string>()
+    for (const d of result.members) {
+      seen.add(d.name)
+      let m = this.members.get(d.name)
+      if (m && (m.host !== d.host || m.port !== d.port)) {
+        // moved: its old connections point elsewhere
+        if (this.gate.writer === m) this.suspect('discovery')
+        void m.pool.close(0)
+        m = undefined
+      }
+      if (!m) {
+        m = this.#newMember(d)
+        this.members.set(d.name, m)
+      }
+      m.role = d.role
+      m.state = d.state
+      m.timeline = d.timeline
+      m.sync = d.sync
+      m.reportedLagBytes = d.lagBytes
+    }
+    for (const [name, m] of this.members) {
+      if (seen.has(name)) continue
+      if (this.gate.writer === m) this.suspect('discovery')
+      this.members.delete(name)
+      void m.pool.close(5_000)
+    }
+    this.conflict = result.conflict && result.conflict.length > 1 ? [...result.conflict] : null
+  }
+
+  #newMember(d: DiscoveredMember): Member {
+    const o = this.#opts
+    const pool = new MemberPool({
+      name: d.name,
+      host: d.host,
+      port: d.port,
+      connection: o.connection,
+      max: o.pool.max,
+      idleTimeoutMs: o.pool.idleTimeoutMs,
+      connectTimeoutMs: o.pool.connectTimeoutMs,
+      probeTimeoutMs: o.monitor.probeTimeoutMs,
+      onIdleError: this.#onIdleError,
+    })
+    return {
+      name: d.name,
+      host: d.host,
+      port: d.port,
+      role: d.role,
+      state: d.state,
+      timeline: d.timeline,
+      sync: d.sync,
+      reportedLagBytes: d.lagBytes,
+      lsn: null,
+      measuredLagBytes: null,
+      downUntil: 0,
+      pool,
+    }
+  }
+
+  /** The member discovery names as primary, unless several claim it (split brain). */
+  discoveredPrimary(): Member | null {
+    if (this.conflict) return null
+    let found: Member | null = null
+    for (const m of this.members.values()) {
+      if (m.role !== 'primary') continue
+      if (found) return null
+      found = m
+    }
+    return found
+  }
+
+  async #decideWriter(): Promise<void> {
+    const candidate = this.discoveredPrimary()
+    const writer = this.gate.writer
+    if (writer) {
+      // Discovery answered and names someone else (or no one): the primary moved.
+      if (this.consecutiveDiscoveryFailures === 0 && candidate !== writer) this.suspect('discovery')
+      else return
+    }
+    this.#candidateInRecovery = false
+    if (!candidate) return
+    this.gate.noteDiscovered(candidate.name)
+    try {
+      const lease = await candidate.pool.acquire('write', this.#abort.signal)
+      lease.release()
+    } catch (err) {
+      if (this.#closed) return
+      this.lastConfirmError = toError(err)
+      const c = classifyError(err, { phase: 'connect', sent: false, connectionLost: true })
+      publish(channels.confirmFailed, {
+        member: candidate.name,
+        errorClass: c.class,
+        sqlState: c.sqlState,
+        errorCode: c.errorCode,
+      })
+      if (isRoleMismatch(err)) {
+        // Patroni names the leader a moment before promotion finishes: check again soon.
+        this.#candidateInRecovery = true
+        publish(channels.roleMismatch, { member: candidate.name, expected: 'primary' })
+      }
+      return
+    }
+    if (this.#closed || this.discoveredPrimary() !== candidate) return
+    candidate.downUntil = 0
+    this.lastConfirmError = null
+    const previous = this.gate.suspectedAt
+    this.gate.confirm(candidate)
+    publish(channels.confirmed, { member: candidate.name, suspectedAt: previous })
+  }
+
+  /**
+   * Polls the primary's current LSN and each replica's replay LSN (one short query each, in
+   * parallel, bounded by probeTimeoutMs). `full` also polls the primary. Concurrent callers share a poll.
+   */
+  refreshLsns(full = false): Promise<void> {
+    return this.#lsnFlight.do('lsn', () => this.#pollLsns(full))
+  }
+
+  async #pollLsns(full: boolean): Promise<void> {
+    const writer = this.gate.writer
+    const jobs: Promise<void>[] = []
+    const timeoutMs = this.#opts.monitor.probeTimeoutMs
+    const poll = async (m: Member, sql: string, isWriter: boolean) => {
+      let lease: Awaited<ReturnType<MemberPool['acquire']>> | undefined
+      try {
+        lease = await m.pool.acquire('read', this.#abort.signal)
+        const r = await lease.query<{ lsn: string | null }>(sql, undefined, {
+          timeoutMs,
+          signal: this.#abort.signal,
+        })
+        lease.release()
+        m.lsn = parseLsn(r.rows[0]?.lsn)
+        if (!isWriter && m.downUntil > 0) m.downUntil = 0
+      } catch (err) {
+        const c = classifyError(err, {
+          phase: lease ? 'query' : 'connect',
+          sent: lease?.sent ?? false,
+          connectionLost: lease?.lost ?? true,
+        })
+        lease?.release(true)
+        if (!this.#closed) this.reportFailure(m, lease?.generation ?? m.pool.generation, c)
+      }
+    }
+    if (full && writer) jobs.push(poll(writer, 'SELECT pg_current_wal_lsn()::text AS lsn', true))
+    for (const m of this.members.values()) {
+      if (m.role === 'replica' && m !== writer) {
+        jobs.push(poll(m, 'SELECT pg_last_wal_replay_lsn()::text AS lsn', false))
+      }
+    }
+    await Promise.all(jobs)
+    const primaryLsn = writer?.lsn ?? null
+    if (primaryLsn === null) return
+    for (const m of this.members.values()) {
+      if (m.role !== 'replica' || m.lsn === null) continue
+      const lag = primaryLsn - m.lsn
+      m.measuredLagBytes = lag > 0n ? Number(lag) : 0
+    }
+  }
+
+  topology(): Topology {
+    const writer = this.gate.writer
+    const now = performance.now()
+    const eligible = new Set(
+      eligibleReplicas(this.members.values(), { maxLagBytes: this.#opts.replicas.maxLagBytes, now }),
+    )
+    const replicas = []
+    const others = []
+    for (const m of this.members.values()) {
+      if (m === writer) continue
+      if (m.role === 'replica') replicas.push(viewOf(m, eligible.has(m)))
+      else others.push(viewOf(m, false))
+    }
+    const t: Topology = {
+      primary: writer ? viewOf(writer, true) : null,
+      replicas,
+      others,
+      updatedAt: this.lastDiscoveryAt,
+      source: this.lastDiscoverySource,
+    }
+    if (this.conflict) t.conflict = [...this.conflict]
+    return t
+  }
+
+  #emitTopologyIfChanged(): void {
+    const t = this.topology()
+    const sig = JSON.stringify([
+      t.primary?.name ?? null,
+      t.replicas.map((r) => `${r.name}:${r.state}:${r.healthy}`),
+      t.others.map((r) => `${r.name}:${r.role}:${r.state}`),
+      t.conflict ?? null,
+    ])
+    if (sig === this.#lastSignature) return
+    this.#lastSignature = sig
+    publish(channels.topology, {
+      primary: t.primary?.name ?? null,
+      replicas: t.replicas.map((r) => r.name),
+      source: t.source,
+    })
+    this.topologyChanges.emit(t)
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    clearTimeout(this.#timer)
+    this.#abort.abort(new ResilientError('E_SHUTTING_DOWN', 'the router is closing', { noStack: true }))
+    this.gate.close(new ResilientError('E_SHUTTING_DOWN', 'the router is closed'))
+    await this.#running?.catch(() => {})
+    await Promise.all([...this.members.values()].map((m) => m.pool.close(5_000)))
+    await this.#discovery.close().catch(() => {})
+  }
+}

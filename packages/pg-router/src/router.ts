@@ -1,0 +1,666 @@
+import { inspect } from 'node:util'
+import {
+  abortError,
+  checkBoolean,
+  checkKnownKeys,
+  checkObject,
+  checkOneOf,
+  type Disposable,
+  publish,
+  ResilientError,
+  sleep,
+} from '@resilient/core'
+import type { QueryConfig, QueryResult, QueryResultRow } from 'pg'
+import { channels } from './channels.js'
+import { type CheckResult, createCheck } from './check.js'
+import { type Classification, classifyError, mayRetry, sqlStateOf } from './classify.js'
+import { createPatroniDiscovery } from './discovery/patroni.js'
+import { createStaticDiscovery } from './discovery/static.js'
+import type { Discovery } from './discovery/types.js'
+import { RouterPool } from './facade.js'
+import type { FailoverEvent } from './failover.js'
+import type { Lease, MemberPoolStats } from './member-pool.js'
+import { Monitor } from './monitor.js'
+import { type PgRouterOptions, type ResolvedOptions, resolveOptions } from './options.js'
+import {
+  decodeToken,
+  type IsolationLevel,
+  Session,
+  type SessionHost,
+  type StatementOptions,
+  type TransactionClient,
+  type TransactionOptions,
+  type WriteOptions,
+} from './session.js'
+import { eligibleReplicas, type Member, parseLsn, pickReplica, type Topology } from './topology.js'
+
+export type QueryText = string | QueryConfig
+export type QueryCallback<R extends QueryResultRow> = (err: Error | null, result?: QueryResult<R>) => void
+
+export interface MemberStats extends MemberPoolStats {
+  role: string
+  state: string
+  lagBytes: number | null
+  /** Gets reads (replica) or writes (primary) right now. */
+  healthy: boolean
+}
+
+export interface RouterStats {
+  primary: string | null
+  failovers: number
+  /** Writes waiting for a confirmed primary right now. */
+  queuedWrites: number
+  discovery: {
+    failures: number
+    consecutiveFailures: number
+    lastSuccessAt: number | null
+    source: string | null
+  }
+  members: MemberStats[]
+  /** Session tokens that could not be used (ignored; the session started empty). */
+  badTokens: number
+  retries: { read: number; write: number }
+}
+
+export type CommitStatus = 'committed' | 'aborted' | 'in progress'
+
+export interface PgRouter {
+  /** Resolves once a primary is confirmed; rejects with E_NO_PRIMARY after `timeoutMs` (default failover.timeoutMs). */
+  ready(options?: { timeoutMs?: number; signal?: AbortSignal }): Promise<void>
+  /** Runs on the confirmed primary. */
+  write<R extends QueryResultRow = any>(
+    text: QueryText,
+    values?: unknown[],
+    options?: WriteOptions,
+  ): Promise<QueryResult<R>>
+  /** Runs on a replica within `replicas.maxLagBytes`, else (fallbackToPrimary) the primary. Retried elsewhere on connection failures. */
+  read<R extends QueryResultRow = any>(
+    text: QueryText,
+    values?: unknown[],
+    options?: StatementOptions,
+  ): Promise<QueryResult<R>>
+  /** pg.Pool-compatible `query`: a non-idempotent write. Promise, or callback as last argument. */
+  query<R extends QueryResultRow = any>(text: QueryText, values?: unknown[]): Promise<QueryResult<R>>
+  query<R extends QueryResultRow = any>(text: QueryText, callback: QueryCallback<R>): void
+  query<R extends QueryResultRow = any>(text: QueryText, values: unknown[], callback: QueryCallback<R>): void
+  /** BEGIN ... COMMIT on one pinned connection. A cut-off COMMIT rejects with E_COMMIT_UNKNOWN carrying `txid`. */
+  transaction<T>(fn: (tx: TransactionClient) => Promise<T>, options?: TransactionOptions): Promise<T>
+  /** Read-your-writes. A token that cannot be used is ignored (see channel `badToken`). */
+  session(token?: string | null): Session
+  /** pg.Pool-like facades for ORMs (Drizzle, Kysely): writes/connections on the primary. */
+  readonly primary: RouterPool
+  /** ...and reads/connections on a replica. */
+  readonly replicas: RouterPool
+  topology(): Topology
+  onFailover(listener: (e: FailoverEvent) => void): Disposable
+  onTopologyChange(listener: (t: Topology) => void): Disposable
+  /** Health check from state only (no query). Safe to pass unbound: `{ check: db.check }`. */
+  check: () => Promise<CheckResult>
+  stats(): RouterStats
+  /** After E_COMMIT_UNKNOWN: asks the primary `pg_xact_status(txid)`; null when it cannot tell. */
+  resolveCommit(txid: string | number | bigint, options?: StatementOptions): Promise<CommitStatus | null>
+  close(): Promise<void>
+}
+
+/** Session LSN meaning "the write succeeded but its position is unknown: read from the primary". */
+const PRIMARY_ONLY = (1n << 64n) - 1n
+const ISOLATION_LEVELS: readonly IsolationLevel[] = ['read committed', 'repeatable read', 'serializable']
+
+function commitUnknown(err: unknown, member: Member, txid: string | null, c: Classification): ResilientError {
+  return new ResilientError(
+    'E_COMMIT_UNKNOWN',
+    txid === null
+      ? `the connection to ${member.name} was lost after the statement was sent: it may or may not have been applied`
+      : `the connection to ${member.name} was lost after COMMIT was sent: transaction ${txid} may or may not have committed`,
+    { cause: err, details: { member: member.name, txid, sqlState: c.sqlState, errorCode: c.errorCode } },
+  )
+}
+
+function checkTransactionOptions(options: TransactionOptions | undefined): {
+  readOnly: boolean
+  begin: string
+} {
+  if (options === undefined) return { readOnly: false, begin: 'BEGIN' }
+  const o = checkObject(options, 'transaction options')
+  checkKnownKeys(o, 'transaction', ['readOnly', 'isolationLevel', 'signal'])
+  const readOnly = o.readOnly === undefined ? false : checkBoolean(o.readOnly, 'transaction.readOnly')
+  const iso =
+    o.isolationLevel === undefined
+      ? undefined
+      : checkOneOf(o.isolationLevel, 'transaction.isolationLevel', ISOLATION_LEVELS)
+  let begin = 'BEGIN'
+  if (iso) begin += ` ISOLATION LEVEL ${iso.toUpperCase()}`
+  if (readOnly) begin += ' READ ONLY'
+  return { readOnly, begin }
+}
+
+function makeDiscovery(opts: ResolvedOptions): Discovery {
+  const s = opts.source
+  if (s.kind === 'custom') return s.discovery
+  if (s.kind === 'patroni') return createPatroniDiscovery(s.patroni)
+  return createStaticDiscovery({
+    hosts: s.hosts,
+    connection: opts.connection,
+    timeoutMs: opts.monitor.probeTimeoutMs,
+  })
+}
+
+/** Creates a router. Options are checked here (E_CONFIG naming the field); no I/O starts before this returns. */
+export function createPgRouter(options: PgRouterOptions): PgRouter {
+  const opts = resolveOptions(options)
+  const discovery = makeDiscovery(opts)
+  const monitor = new Monitor(opts, discovery)
+  const gate = monitor.gate
+  const queryTimeoutMs = opts.pool.queryTimeoutMs
+  let closed = false
+  let closing: Promise<void> | null = null
+  let rr = 0
+  let badTokens = 0
+  const retries = { read: 0, write: 0 }
+
+  const discoveryErrors = discovery.onError((e) => {
+    publish(channels.discoveryError, { source: e.source, error: e.error })
+  })
+
+  const closedError = () => new ResilientError('E_SHUTTING_DOWN', 'the router is closed', { noStack: true })
+
+  const backoff = (attempt: number, signal: AbortSignal | undefined) =>
+    attempt <= 1 ? Promise.resolve() : sleep(Math.min(100, 2 ** attempt * (1 + Math.random())), signal)
+
+  const timedOut = (err: unknown, lastErr: unknown) =>
+    ResilientError.is(err, 'E_FAILOVER_TIMEOUT') && lastErr !== undefined
+      ? new ResilientError('E_FAILOVER_TIMEOUT', err.message, { cause: lastErr, details: { ...err.details } })
+      : err
+
+  /** A write-capable connection on the confirmed primary; connect-phase failures are retried until the deadline. */
+  async function acquireWriter(
+    signal: AbortSignal | undefined,
+    deadline: number,
+  ): Promise<{ lease: Lease; member: Member; attempts: number }> {
+    let lastErr: unknown
+    for (let attempt = 1; ; attempt++) {
+      if (closed) throw closedError()
+      let member: Member
+      try {
+        member = await gate.wait(signal, deadline)
+      } catch (err) {
+        throw timedOut(err, lastErr)
+      }
+      try {
+        return { lease: await member.pool.acquire('write', signal), member, attempts: attempt }
+      } catch (err) {
+        if (signal?.aborted) throw abortError(signal, 'write')
+        const c = classifyError(err, { phase: 'connect', sent: false, connectionLost: true })
+        if (c.class !== 'not-sent' && c.class !== 'demoted') throw err
+        monitor.reportFailure(member, member.pool.generation, c)
+        lastErr = err
+        retries.write++
+        publish(channels.retry, { kind: 'write', member: member.name, errorClass: c.class, attempt })
+        if (performance.now() >= deadline) {
+          throw new ResilientError(
+            'E_FAILOVER_TIMEOUT',
+            'no primary connection before the failover timeout',
+            {
+              cause: lastErr,
+            },
+          )
+        }
+        await backoff(attempt, signal)
+      }
+    }
+  }
+
+  function pickReader(exclude: ReadonlySet<string>, minLsn: bigint | null): Member | null {
+    const list = eligibleReplicas(monitor.members.values(), {
+      maxLagBytes: opts.replicas.maxLagBytes,
+      now: performance.now(),
+      minLsn,
+      exclude,
+    })
+    const writer = gate.writer
+    const candidates = writer ? list.filter((m) => m !== writer) : list
+    if (candidates.length === 0) return null
+    return pickReplica(candidates, opts.replicas.strategy, rr++)
+  }
+
+  /** Waits (bounded by session.maxWaitMs) for some replica to replay `minLsn`. */
+  async function waitForReplay(
+    minLsn: bigint,
+    exclude: ReadonlySet<string>,
+    signal: AbortSignal | undefined,
+  ) {
+    const until = performance.now() + opts.session.maxWaitMs
+    for (;;) {
+      await monitor.refreshLsns(false)
+      const m = pickReader(exclude, minLsn)
+      if (m) return m
+      const left = until - performance.now()
+      if (left <= 0) return null
+      await sleep(Math.min(10, left), signal)
+    }
+  }
+
+  /** A read connection: a qualifying replica, else the primary (fallbackToPrimary or a session that needs it). */
+  async function acquireReader(
+    signal: AbortSignal | undefined,
+    deadline: number,
+    minLsn: bigint | null,
+    tried: Set<string>,
+  ): Promise<{ lease: Lease; member: Member }> {
+    let lastErr: unknown
+    for (let attempt = 1; ; attempt++) {
+      if (closed) throw closedError()
+      if (signal?.aborted) throw abortError(signal, 'read')
+      let member = minLsn === PRIMARY_ONLY ? null : pickReader(tried, minLsn)
+      if (!member && minLsn !== null && minLsn !== PRIMARY_ONLY && attempt === 1) {
+        member = await waitForReplay(minLsn, tried, signal)
+      }
+      if (!member) {
+        if (opts.replicas.fallbackToPrimary || minLsn !== null) {
+          try {
+            member = await gate.wait(signal, deadline)
+          } catch (err) {
+            throw timedOut(err, lastErr)
+          }
+          // the primary failed us too: give the replicas another chance first
+          if (tried.has(member.name)) {
+            tried.clear()
+            await backoff(attempt, signal)
+          }
+        } else if (tried.size > 0 && performance.now() < deadline) {
+          tried.clear()
+          await backoff(attempt + 2, signal)
+          continue
+        } else {
+          throw new ResilientError(
+            'E_NO_PRIMARY',
+            'no replica qualifies for reads and replicas.fallbackToPrimary is false',
+            { cause: lastErr },
+          )
+        }
+      }
+      try {
+        return { lease: await member.pool.acquire('read', signal), member }
+      } catch (err) {
+        if (signal?.aborted) throw abortError(signal, 'read')
+        const c = classifyError(err, { phase: 'connect', sent: false, connectionLost: true })
+        if (c.class !== 'not-sent') throw err
+        monitor.reportFailure(member, member.pool.generation, c)
+        tried.add(member.name)
+        lastErr = err
+        retries.read++
+        publish(channels.retry, { kind: 'read', member: member.name, errorClass: c.class, attempt })
+        if (performance.now() >= deadline) throw err
+      }
+    }
+  }
+
+  async function captureLsn(lease: Lease, signal: AbortSignal | undefined): Promise<bigint> {
+    try {
+      const r = await lease.query<{ lsn: string }>('SELECT pg_current_wal_lsn()::text AS lsn', undefined, {
+        timeoutMs: opts.monitor.probeTimeoutMs,
+        signal,
+      })
+      return parseLsn(r.rows[0]?.lsn) ?? PRIMARY_ONLY
+    } catch {
+      return PRIMARY_ONLY
+    }
+  }
+
+  async function doWrite<R extends QueryResultRow>(
+    text: QueryText,
+    values: unknown[] | undefined,
+    options: WriteOptions | undefined,
+    onLsn?: (lsn: bigint) => void,
+  ): Promise<QueryResult<R>> {
+    if (closed) throw closedError()
+    const signal = options?.signal
+    const kind = options?.idempotent === true ? 'idempotent-write' : 'write'
+    const deadline = performance.now() + opts.failover.timeoutMs
+    let lastErr: unknown
+    for (let attempt = 1; ; attempt++) {
+      if (attempt > 1 && performance.now() >= deadline) {
+        throw new ResilientError(
+          'E_FAILOVER_TIMEOUT',
+          'the write did not succeed before the failover timeout',
+          {
+            cause: lastErr,
+          },
+        )
+      }
+      const { lease, member } = await acquireWriter(signal, deadline)
+      try {
+        const r = await lease.query<R>(text, values, { timeoutMs: queryTimeoutMs, signal })
+        if (onLsn) onLsn(await captureLsn(lease, signal))
+        lease.release()
+        gate.noteWriteSuccess(member)
+        return r
+      } catch (err) {
+        const c = classifyError(err, { phase: 'query', sent: lease.sent, connectionLost: lease.lost })
+        lease.release(c.discardConnection)
+        monitor.reportFailure(member, lease.generation, c)
+        if (signal?.aborted) throw err
+        if (mayRetry(c.class, kind)) {
+          lastErr = err
+          retries.write++
+          publish(channels.retry, { kind: 'write', member: member.name, errorClass: c.class, attempt })
+          await backoff(attempt, signal)
+          continue
+        }
+        if (c.class === 'outcome-unknown') throw commitUnknown(err, member, null, c)
+        throw err
+      }
+    }
+  }
+
+  async function doRead<R extends QueryResultRow>(
+    text: QueryText,
+    values: unknown[] | undefined,
+    options: StatementOptions | undefined,
+    minLsn: bigint | null,
+  ): Promise<QueryResult<R>> {
+    if (closed) throw closedError()
+    const signal = options?.signal
+    const deadline = performance.now() + opts.failover.timeoutMs
+    const tried = new Set<string>()
+    for (let attempt = 1; ; attempt++) {
+      const { lease, member } = await acquireReader(signal, deadline, minLsn, tried)
+      try {
+        const r = await lease.query<R>(text, values, { timeoutMs: queryTimeoutMs, signal })
+        lease.release()
+        return r
+      } catch (err) {
+        const c = classifyError(err, { phase: 'query', sent: lease.sent, connectionLost: lease.lost })
+        lease.release(c.discardConnection)
+        monitor.reportFailure(member, lease.generation, c)
+        if (signal?.aborted) throw err
+        // 40001 on a replica: cancelled by a conflict with recovery; another member will do
+        const retryable =
+          mayRetry(c.class, 'read') || (c.sqlState === '40001' && member !== gate.writer && !lease.lost)
+        if (!retryable || performance.now() >= deadline) throw err
+        tried.add(member.name)
+        retries.read++
+        publish(channels.retry, { kind: 'read', member: member.name, errorClass: c.class, attempt })
+        await backoff(attempt - 1, signal)
+      }
+    }
+  }
+
+  async function rollback(lease: Lease): Promise<void> {
+    if (lease.lost) return lease.release(true)
+    try {
+      await lease.query('ROLLBACK', undefined, { timeoutMs: opts.monitor.probeTimeoutMs })
+      lease.release()
+    } catch {
+      lease.release(true)
+    }
+  }
+
+  async function doTransaction<T>(
+    fn: (tx: TransactionClient) => Promise<T>,
+    options: TransactionOptions | undefined,
+    minLsn: bigint | null,
+    onLsn?: (lsn: bigint) => void,
+  ): Promise<T> {
+    if (closed) throw closedError()
+    if (typeof fn !== 'function') throw new TypeError('transaction(fn): fn must be a function')
+    const { readOnly, begin } = checkTransactionOptions(options)
+    const signal = options?.signal
+    const deadline = performance.now() + opts.failover.timeoutMs
+    const tried = new Set<string>()
+    // Acquire + BEGIN, retried while nothing of the caller's has run yet.
+    let lease: Lease
+    let member: Member
+    for (let attempt = 1; ; attempt++) {
+      const got = readOnly
+        ? await acquireReader(signal, deadline, minLsn, tried)
+        : await acquireWriter(signal, deadline)
+      lease = got.lease
+      member = got.member
+      try {
+        await lease.query(begin, undefined, { timeoutMs: opts.monitor.probeTimeoutMs, signal })
+        break
+      } catch (err) {
+        const c = classifyError(err, { phase: 'query', sent: lease.sent, connectionLost: lease.lost })
+        lease.release(true)
+        monitor.reportFailure(member, lease.generation, c)
+        if (signal?.aborted || !mayRetry(c.class, 'read') || performance.now() >= deadline) throw err
+        tried.add(member.name)
+        await backoff(attempt, signal)
+      }
+    }
+    let done = false
+    const tx: TransactionClient = {
+      query: (text, values) => {
+        if (done) return Promise.reject(new Error('this transaction is over: use the client only inside fn'))
+        return lease.query(text as QueryText, values, { timeoutMs: queryTimeoutMs, signal })
+      },
+    }
+    let result: T
+    try {
+      result = await fn(tx)
+    } catch (err) {
+      done = true
+      if (lease.lost) {
+        const c = classifyError(err, { phase: 'query', sent: true, connectionLost: true })
+        monitor.reportFailure(member, lease.generation, c)
+      }
+      await rollback(lease)
+      throw err
+    }
+    done = true
+    if (readOnly) {
+      try {
+        await lease.query('COMMIT', undefined, { timeoutMs: opts.monitor.probeTimeoutMs, signal })
+        lease.release()
+      } catch {
+        lease.release(true) // the reads are done; what they returned stands
+      }
+      return result
+    }
+    let txid: string | null
+    try {
+      const r = await lease.query<{ x: string | null }>(
+        'SELECT txid_current_if_assigned()::text AS x',
+        undefined,
+        { timeoutMs: queryTimeoutMs, signal },
+      )
+      txid = r.rows[0]?.x ?? null
+    } catch (err) {
+      const c = classifyError(err, { phase: 'query', sent: lease.sent, connectionLost: lease.lost })
+      monitor.reportFailure(member, lease.generation, c)
+      await rollback(lease)
+      throw err // COMMIT was never sent: nothing committed
+    }
+    try {
+      await lease.query('COMMIT', undefined, { timeoutMs: queryTimeoutMs, signal })
+    } catch (err) {
+      const c = classifyError(err, { phase: 'query', sent: lease.sent, connectionLost: lease.lost })
+      lease.release(true)
+      monitor.reportFailure(member, lease.generation, c)
+      // not-sent: the server aborts a transaction whose connection is gone. txid null: nothing was written.
+      if (c.class === 'outcome-unknown' && txid !== null) throw commitUnknown(err, member, txid, c)
+      throw err
+    }
+    if (onLsn) onLsn(await captureLsn(lease, signal))
+    lease.release()
+    gate.noteWriteSuccess(member)
+    return result
+  }
+
+  const sessionHost: SessionHost = {
+    readAfter: (text, values, minLsn, options) => doRead(text, values, options, minLsn),
+    writeTracked: (text, values, options, onLsn) => doWrite(text, values, options, onLsn),
+    transactionTracked: (fn, options, minLsn, onLsn) => doTransaction(fn, options, minLsn, onLsn),
+  }
+
+  function query(text: QueryText, a?: unknown, b?: unknown): Promise<QueryResult> | undefined {
+    const cb = (typeof a === 'function' ? a : typeof b === 'function' ? b : undefined) as
+      | QueryCallback<any>
+      | undefined
+    const values = Array.isArray(a) ? a : undefined
+    if (
+      typeof text === 'object' &&
+      text !== null &&
+      typeof (text as { submit?: unknown }).submit === 'function'
+    ) {
+      const err = new TypeError(
+        'db.query does not take a Submittable (cursor, stream): use db.primary.connect()',
+      )
+      if (cb) {
+        process.nextTick(cb, err)
+        return undefined
+      }
+      return Promise.reject(err)
+    }
+    const p = doWrite(text, values, undefined)
+    if (!cb) return p
+    p.then(
+      (r) => cb(null, r),
+      (err) => cb(err),
+    )
+    return undefined
+  }
+
+  const check = createCheck({
+    closed: () => closed,
+    writer: () => gate.writer?.name ?? null,
+    suspectedAt: () => gate.suspectedAt,
+    discovery: () => ({
+      consecutiveFailures: monitor.consecutiveDiscoveryFailures,
+      lastSuccessAt: monitor.lastDiscoveryAt,
+    }),
+    healthyReplicas: () =>
+      eligibleReplicas(monitor.members.values(), {
+        maxLagBytes: opts.replicas.maxLagBytes,
+        now: performance.now(),
+      }).filter((m) => m !== gate.writer).length,
+    conflict: () => monitor.conflict,
+  })
+
+  const router: PgRouter & { [inspect.custom]: () => string } = {
+    async ready(readyOptions) {
+      const timeoutMs = readyOptions?.timeoutMs ?? opts.failover.timeoutMs
+      try {
+        await gate.wait(readyOptions?.signal, performance.now() + timeoutMs)
+      } catch (err) {
+        if (!ResilientError.is(err, 'E_FAILOVER_TIMEOUT')) throw err
+        throw new ResilientError('E_NO_PRIMARY', `no primary confirmed within ${timeoutMs} ms`, {
+          cause: monitor.lastConfirmError ?? monitor.lastDiscoveryError ?? err,
+          details: { timeoutMs },
+        })
+      }
+    },
+    write: (text, values, options) => doWrite(text, values, options),
+    read: (text, values, options) => doRead(text, values, options, null),
+    query: query as PgRouter['query'],
+    transaction: (fn, options) => doTransaction(fn, options, null),
+    session(token) {
+      if (token === undefined || token === null || token === '') return new Session(sessionHost, null)
+      const decoded = decodeToken(token)
+      if (!decoded.ok) {
+        badTokens++
+        publish(channels.badToken, { reason: decoded.reason })
+        return new Session(sessionHost, null)
+      }
+      return new Session(sessionHost, decoded.data.lsn)
+    },
+    primary: undefined as unknown as RouterPool,
+    replicas: undefined as unknown as RouterPool,
+    topology: () => monitor.topology(),
+    onFailover: (listener) => monitor.failovers.on(listener),
+    onTopologyChange: (listener) => monitor.topologyChanges.on(listener),
+    check,
+    stats() {
+      const t = monitor.topology()
+      const healthy = new Set([
+        ...(t.primary ? [t.primary.name] : []),
+        ...t.replicas.filter((r) => r.healthy).map((r) => r.name),
+      ])
+      return {
+        primary: gate.writer?.name ?? null,
+        failovers: gate.failovers,
+        queuedWrites: gate.queueLength,
+        discovery: {
+          failures: monitor.discoveryFailures,
+          consecutiveFailures: monitor.consecutiveDiscoveryFailures,
+          lastSuccessAt: monitor.lastDiscoveryAt,
+          source: monitor.lastDiscoverySource,
+        },
+        members: [...monitor.members.values()].map((m) => ({
+          ...m.pool.stats(),
+          role: m.role,
+          state: m.state,
+          lagBytes: m.measuredLagBytes ?? m.reportedLagBytes,
+          healthy: healthy.has(m.name),
+        })),
+        badTokens,
+        retries: { ...retries },
+      }
+    },
+    async resolveCommit(txid, options) {
+      const s = typeof txid === 'string' ? txid : String(txid)
+      if (!/^[0-9]{1,20}$/.test(s)) {
+        throw new ResilientError('E_CONFIG', 'invalid option txid: expected a non-negative integer', {
+          details: { field: 'txid' },
+        })
+      }
+      try {
+        const r = await doWrite<{ s: CommitStatus | null }>('SELECT pg_xact_status($1::xid8) AS s', [s], {
+          idempotent: true,
+          signal: options?.signal,
+        })
+        return r.rows[0]?.s ?? null
+      } catch (err) {
+        // 22023: the xid is in the future or too old for this server to tell
+        if (sqlStateOf(err) === '22023') return null
+        throw err
+      }
+    },
+    close() {
+      if (closing) return closing
+      closed = true
+      discoveryErrors.dispose()
+      closing = monitor.close()
+      return closing
+    },
+    [inspect.custom]() {
+      const t = monitor.topology()
+      return `PgRouter { primary: ${t.primary ? `'${t.primary.name}'` : 'null'}, replicas: [${t.replicas
+        .map((r) => `'${r.name}'`)
+        .join(', ')}], closed: ${closed} }`
+    },
+  }
+
+  const primary = new RouterPool('primary', {
+    query: (text, values) => doWrite(text, values, undefined),
+    acquire: async (signal) =>
+      (await acquireWriter(signal, performance.now() + opts.failover.timeoutMs)).lease,
+    stats: () => sumStats(gate.writer ? [gate.writer] : []),
+  })
+  const replicas = new RouterPool('replicas', {
+    query: (text, values) => doRead(text, values, undefined, null),
+    acquire: async (signal) =>
+      (await acquireReader(signal, performance.now() + opts.failover.timeoutMs, null, new Set())).lease,
+    stats: () =>
+      sumStats([...monitor.members.values()].filter((m) => m.role === 'replica' && m !== gate.writer)),
+  })
+  Object.defineProperty(router, 'primary', { value: primary, enumerable: true })
+  Object.defineProperty(router, 'replicas', { value: replicas, enumerable: true })
+
+  monitor.start()
+  return router
+}
+
+function sumStats(members: Member[]): { total: number; idle: number; waiting: number } {
+  let total = 0
+  let idle = 0
+  let waiting = 0
+  for (const m of members) {
+    const s = m.pool.stats()
+    total += s.total
+    idle += s.idle
+    waiting += s.waiting
+  }
+  return { total, idle, waiting }
+}
