@@ -21,6 +21,8 @@ const ROUNDS = Number(process.env.ROUNDS ?? 15)
 const ITERATIONS = Number(process.env.ITERATIONS ?? 20_000)
 const noop = () => {}
 const work = async () => 1
+// Declares the signal parameter, so the breaker must create an AbortSignal for each call.
+const workWithSignal = async (signal) => (signal ? 1 : 0)
 
 const RESET_MS = 60_000
 
@@ -99,9 +101,11 @@ const cases = {
   bare: () => work(),
   '@resilient/core': () => ours.execute(work),
   '@resilient/core + timeoutMs': () => oursTimeout.execute(work),
+  '@resilient/core + timeoutMs, fn takes the signal': () => oursTimeout.execute(workWithSignal),
   'opossum 9 defaults': () => opossumDefault.fire(),
   'opossum 9 tuned': () => opossumTuned.fire(),
   'cockatiel 3 SamplingBreaker': () => cockatiel.execute(work),
+  'reference: new AbortController().signal': () => new AbortController().signal,
   'open: bare Promise.reject(new Error)': () => Promise.reject(new Error('x')).catch(noop),
   'open: @resilient/core': () => oursOpen.execute(work).catch(noop),
   'open: opossum 9 defaults': () => opossumDefaultOpen.fire().catch(noop),

@@ -101,6 +101,22 @@ describe('withTimeout', () => {
     expect(vi.getTimerCount()).toBe(0)
   })
 
+  it('a fn declared without a parameter gets no signal (cheaper) but is still timed out', async () => {
+    let received: unknown = 'unset'
+    const p = withTimeout(function noParam(...args: unknown[]) {
+      received = args[0]
+      return new Promise<never>(() => {})
+    }, 30).catch((e: unknown) => e)
+    await vi.advanceTimersByTimeAsync(30)
+    expect(ResilientError.is(await p, 'E_TIMEOUT')).toBe(true)
+    expect(received).toBeUndefined()
+    let withParam: AbortSignal | undefined
+    await withTimeout(async (signal) => {
+      withParam = signal
+    }, 30)
+    expect(withParam).toBeInstanceOf(AbortSignal)
+  })
+
   it('publishes on the timeout channel', async () => {
     const seen: unknown[] = []
     const sub = (m: unknown) => seen.push(m)
