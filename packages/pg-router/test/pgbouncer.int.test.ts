@@ -3,7 +3,7 @@ import { chownSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'nod
 import * as net from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { type Lab, startLab } from '@resilient/lab'
+import { ensurePackages, type Lab, startLab } from '@resilient/lab'
 import { createPgRouter, type PgRouter } from '@resilient/pg-router'
 import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -90,6 +90,8 @@ async function startPgBouncer(serverPort: number): Promise<void> {
 }
 
 beforeAll(async () => {
+  // Installs Debian's pgbouncer when missing (as root), else fails naming the package.
+  ensurePackages([{ binary: PGBOUNCER, pkg: 'pgbouncer' }], () => {})
   lab = await startLab({ nodes: 1, redis: false })
   const primary = await lab.waitForPrimary()
   await startPgBouncer(primary.port)
