@@ -42,6 +42,10 @@ export function createApp({ db, cache, health, exposeDebug = false }) {
     res.status(created ? 201 : 200).json(loan)
   })
 
+  app.get('/loans/:id', async (req, res) => {
+    res.json(await library.getLoan(req.params.id, sessionOf(req)))
+  })
+
   app.post('/loans/:id/return', async (req, res) => {
     const session = db.session(req.get(RYW_HEADER) || undefined)
     const { loan } = await library.giveBack(session, req.params.id)

@@ -88,6 +88,23 @@ export function createLibrary({ db, cache, bookTtlMs }) {
     },
 
     /**
+     * One loan. Loans are not cached. With a session, the read goes to a member that has
+     * replayed the client's last write, so a client always sees the loan it just made.
+     * @param {unknown} loanId @param {Db} [session] @returns {Promise<Loan>}
+     */
+    async getLoan(loanId, session) {
+      const id = String(loanId ?? '')
+      if (!UUID.test(id)) throw new HttpError(400, 'BAD_REQUEST', 'loan id must be a UUID')
+      const { rows } = await (session ?? db).read(
+        `SELECT id, book_id AS "bookId", member, loaned_at AS "loanedAt", returned_at AS "returnedAt"
+         FROM loans WHERE id = $1`,
+        [id],
+      )
+      if (!rows[0]) throw new HttpError(404, 'NOT_FOUND', 'no such loan')
+      return rows[0]
+    },
+
+    /**
      * Lends a book: one transaction on the primary. The loan id comes from the client, so a
      * retry after an unknown outcome returns the loan it already made (created: false).
      * @param {Db} session @param {{ id: unknown, bookId: unknown, member: unknown }} input

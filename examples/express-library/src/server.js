@@ -9,6 +9,7 @@ import { createApp } from './app.js'
 import { configFromEnv } from './config.js'
 
 /**
+ * Builds the router, the cache and the health state, and listens.
  * @param {import('./config.js').LibraryConfig} config
  */
 export async function start(config) {
@@ -20,50 +21,37 @@ export async function start(config) {
   const cache = createCache({ redis: config.redis, namespace: 'library' })
   const health = createHealth({
     checks: {
-      // Without Postgres nothing works: not ready. Without Redis the cache serves from L1
-      // and from Postgres: still ready, reported as degraded.
+      // Without Postgres nothing works: not ready. Without Redis the cache serves from its
+      // in-process L1 and from Postgres: still ready, reported as `warn`.
       postgres: { check: db.check, critical: true },
       redis: { check: cache.check, critical: false },
     },
     ...(config.drainDelayMs === undefined ? {} : { drainDelayMs: config.drainDelayMs }),
+    // Closed on shutdown, after the HTTP server has drained.
+    resources: { postgres: () => db.close(), redis: () => cache.close() },
   })
 
   const app = createApp({ db, cache, health, exposeDebug: config.exposeDebug })
   const server = app.listen(config.port, config.host)
   await once(server, 'listening')
-  // A client's idle keep-alive connection must not outlive a load balancer's idle timeout
-  // in the wrong direction: the server closes idle sockets first.
-  server.keepAliveTimeout = 65_000
+  // Shutdown: readiness fails at once; after drainDelayMs the server stops accepting and
+  // finishes in-flight requests; then the pools and the Redis client close.
+  health.attachServer(server)
   const address = /** @type {import('node:net').AddressInfo} */ (server.address())
-
-  let closing
-  /** Readiness fails at once, requests drain for drainDelayMs, then everything closes. */
-  const close = () => {
-    closing ??= (async () => {
-      await health.shutdown()
-      server.closeIdleConnections()
-      await new Promise((resolve) => server.close(() => resolve(undefined)))
-      await Promise.allSettled([db.close(), cache.close()])
-    })()
-    return closing
+  return {
+    url: `http://127.0.0.1:${address.port}`,
+    server,
+    db,
+    cache,
+    health,
+    /** @param {{ drainDelayMs?: number }} [options] */
+    close: (options) => health.shutdown(options),
   }
-
-  return { url: `http://127.0.0.1:${address.port}`, server, db, cache, health, close }
 }
 
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
   const service = await start(configFromEnv())
+  // SIGTERM (Kubernetes) and SIGINT (Ctrl-C): drain, close, exit 0 (1 if something did not close).
+  service.health.handleSignals()
   console.log(`library listening on ${service.url}`)
-  for (const signal of /** @type {const} */ (['SIGTERM', 'SIGINT'])) {
-    process.once(signal, () => {
-      console.log(`${signal}: draining`)
-      service.close().then(
-        () => process.exit(0),
-        (err) => {
-          console.error('shutdown failed', err)
-          process.exit(1)
-        },
-      )
-    })
-  }
 }
