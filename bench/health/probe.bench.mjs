@@ -14,7 +14,8 @@ import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { fileURLToPath } from 'node:url'
 import autocannon from 'autocannon'
-import { markdownTable, median, writeJson } from '../lib/measure.mjs'
+import { createHealth } from '../../packages/health/dist/index.js'
+import { fmtNs, markdownTable, median, rounds, writeJson } from '../lib/measure.mjs'
 
 const ROUNDS = Number(process.env.ROUNDS ?? 10)
 const SECONDS = Number(process.env.SECONDS ?? 1)
@@ -93,7 +94,37 @@ console.log(
 console.log(
   `\nchecks ran ${JSON.stringify(calls)} in ${elapsedS.toFixed(1)} s (interval 2 s) while serving ${totals.health} probes; errors ${errors}, non-2xx ${non2xx}`,
 )
+// The same two handlers in this process, without sockets: what a probe costs on the CPU.
+const inproc = createHealth({
+  intervalMs: 2_000,
+  eventLoop: false,
+  checks: { postgres: async () => ({ status: 'pass' }), redis: { check: async () => true, critical: false } },
+})
+await inproc.refresh()
+const body = inproc.readinessResponse().body
+const headers = {
+  'content-type': 'application/health+json',
+  'cache-control': 'no-store',
+  'content-length': Buffer.byteLength(body),
+}
+const req = { url: '/ready', method: 'GET' }
+const res = { writeHead: () => res, end: () => res }
+const cpu = await rounds(
+  {
+    bare: () => {
+      res.writeHead(200, headers)
+      res.end(body)
+    },
+    readiness: () => inproc.readiness(req, res),
+  },
+  { rounds: 15, iterations: 200_000 },
+)
+console.log(
+  `\nhandler CPU cost without sockets (median of 15 rounds): bare ${fmtNs(cpu.bare.median)}, health.readiness ${fmtNs(cpu.readiness.median)} per probe`,
+)
+
 const path = writeJson('health-probe', {
+  handlerNs: { bare: cpu.bare.median, readiness: cpu.readiness.median },
   rounds: ROUNDS,
   secondsPerRound: SECONDS,
   connections: CONNECTIONS,
