@@ -238,6 +238,8 @@ export function createBreaker(options: BreakerOptions = {}): Breaker {
       // Fail fast without opossum's error (it captures a stack on every rejection).
       // Half-open: opossum lets exactly one call through (pendingClose), we reject the rest.
       if (isShutdown || cb.opened || (cb.halfOpen && !cb.pendingClose)) return rejected() as Promise<T>
+      // A programming error is not a failure of the dependency: it never reaches the window.
+      if (typeof fn !== 'function') return Promise.reject(new TypeError('breaker.execute needs a function'))
       const signal = callOptions?.signal
       if (signal?.aborted) return Promise.reject(abortError(signal, operation))
       const p = cb.fire(fn as Parameters<Action>[0], signal) as Promise<T>

@@ -1,5 +1,9 @@
 import { channels, publish } from './channels.js'
 import { ResilientError } from './errors.js'
+import { configError } from './options.js'
+
+/** setTimeout's largest delay (about 24.8 days); a longer one would fire at once. */
+const MAX_TIMER_MS = 2_147_483_647
 
 export interface TimeoutOptions {
   /** A caller's signal: its abort aborts the work too. */
@@ -12,8 +16,9 @@ export interface TimeoutOptions {
  * Runs `fn` with a signal that aborts after `ms` (or when `options.signal` aborts), and
  * rejects with `E_TIMEOUT` at that moment even if `fn` ignores the signal. The work is
  * told to stop through the signal; it is not awaited further.
- * `ms` of `Infinity` or `0` means no timeout: then no timer and no signal is created
- * unless the caller passed one.
+ * `ms` of `0`, `Infinity` or more than setTimeout's limit (about 24.8 days) means no
+ * timeout: then no timer and no signal is created unless the caller passed one. A negative
+ * or NaN `ms` rejects with E_CONFIG (it is a bug, not "no timeout").
  *
  * The timer is cleared the moment the call settles, and the listener on the caller's
  * signal is removed then too (no leak on a long-lived signal). While the call is pending
@@ -31,8 +36,11 @@ export function withTimeout<T>(
   options: TimeoutOptions = {},
 ): Promise<T> {
   const parent = options.signal
+  if (typeof ms !== 'number' || Number.isNaN(ms) || ms < 0) {
+    return Promise.reject(configError('timeoutMs', 'a number >= 0 (0 or Infinity for none)', ms))
+  }
   if (parent?.aborted) return Promise.reject(abortError(parent, options.operation))
-  if (!(ms > 0) || ms === Number.POSITIVE_INFINITY) {
+  if (ms === 0 || ms >= MAX_TIMER_MS) {
     try {
       return Promise.resolve(fn(parent))
     } catch (err) {
@@ -118,10 +126,14 @@ export function sleep(ms: number, signal?: AbortSignal, options?: SleepOptions):
       clearTimeout(timer)
       reject(abortError(signal!))
     }
-    const timer = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort)
-      resolve()
-    }, ms)
+    const timer = setTimeout(
+      () => {
+        signal?.removeEventListener('abort', onAbort)
+        resolve()
+      },
+      // Longer than setTimeout's limit would fire at once: wait the limit instead.
+      Math.min(Math.max(0, ms), MAX_TIMER_MS),
+    )
     if (options?.ref !== true) timer.unref?.()
     signal?.addEventListener('abort', onAbort, { once: true })
   })

@@ -206,6 +206,13 @@ describe('breaker state machine', () => {
     expect(b.state).toBe('open')
   })
 
+  it('a non-function is a TypeError and is not counted against the dependency', async () => {
+    const { b } = make()
+    for (let i = 0; i < 6; i++) await expect(b.execute(42 as never)).rejects.toThrow(TypeError)
+    expect(b.state).toBe('closed')
+    expect(b.stats()).toMatchObject({ failures: 0, successes: 0 })
+  })
+
   it('open() and close() force the state', async () => {
     const { b, changes } = make()
     b.open()

@@ -27,7 +27,8 @@ describe('ResilientError', () => {
 
   it('is recognised across two copies of the package (Symbol.for brand)', async () => {
     // A second module instance of errors.ts: a different class, like a second installed copy.
-    const copy = (await import('../src/errors.ts?copy')) as typeof import('../src/errors.js')
+    const spec = '../src/errors.ts?copy'
+    const copy = (await import(/* @vite-ignore */ spec)) as typeof import('../src/errors.js')
     expect(copy.ResilientError).not.toBe(ResilientError)
     const foreign = new copy.ResilientError('E_TIMEOUT', 'slow')
     expect(ResilientError.is(foreign, 'E_TIMEOUT')).toBe(true)

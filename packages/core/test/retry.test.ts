@@ -98,7 +98,7 @@ describe('retry policy', () => {
   })
 
   it('stops when shouldRetry says no, and tells it the attempt number', async () => {
-    const shouldRetry = vi.fn((err: unknown) => (err as Error).message !== 'fatal')
+    const shouldRetry = vi.fn((err: unknown, _attempt: number) => (err as Error).message !== 'fatal')
     let n = 0
     const p = createRetry({ maxAttempts: 10, baseDelayMs: 1, shouldRetry }).execute(async () => {
       n++

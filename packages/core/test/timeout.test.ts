@@ -117,6 +117,14 @@ describe('withTimeout', () => {
     expect(withParam).toBeInstanceOf(AbortSignal)
   })
 
+  it('rejects a negative or NaN ms as a bug, and treats a delay past setTimeout’s limit as none', async () => {
+    await expect(withTimeout(async () => 1, -1)).rejects.toMatchObject({ code: 'E_CONFIG' })
+    await expect(withTimeout(async () => 1, Number.NaN)).rejects.toMatchObject({ code: 'E_CONFIG' })
+    const p = withTimeout(async () => 'late but fine', 2 ** 31)
+    expect(vi.getTimerCount()).toBe(0) // no timer that would fire at once
+    await expect(p).resolves.toBe('late but fine')
+  })
+
   it('publishes on the timeout channel', async () => {
     const seen: unknown[] = []
     const sub = (m: unknown) => seen.push(m)
