@@ -1,0 +1,201 @@
+import * as dc from 'node:diagnostics_channel'
+import type { AddressInfo } from 'node:net'
+import * as net from 'node:net'
+import { inspect } from 'node:util'
+import { Emitter, ResilientError } from '@resilient/core'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { channelNames } from '../src/channels.js'
+import type { DiscoveredMember, Discovery, DiscoveryResult } from '../src/discovery/types.js'
+import { createPgRouter } from '../src/router.js'
+
+// No database here: members that refuse connections, or a TCP server that never answers.
+const SECRET = 'sekret-Unit-77'
+const unhandled: unknown[] = []
+const onUnhandled = (reason: unknown) => unhandled.push(reason)
+let silent: net.Server
+let silentPort = 0
+const sockets = new Set<net.Socket>()
+
+beforeAll(async () => {
+  process.on('unhandledRejection', onUnhandled)
+  silent = net.createServer((s) => {
+    sockets.add(s)
+    s.on('error', () => {})
+  })
+  await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r))
+  silentPort = (silent.address() as AddressInfo).port
+})
+afterAll(async () => {
+  for (const s of sockets) s.destroy()
+  await new Promise((r) => silent.close(r))
+  process.off('unhandledRejection', onUnhandled)
+  expect(unhandled).toEqual([])
+})
+
+function fakeDiscovery(members: () => DiscoveredMember[], extra: Partial<DiscoveryResult> = {}) {
+  const errors = new Emitter<{ source: string; error: Error }>()
+  let calls = 0
+  let closed = false
+  const d: Discovery & { calls: () => number; closed: () => boolean } = {
+    discover: async () => {
+      calls++
+      return { members: members(), source: 'fake', at: performance.now(), ...extra }
+    },
+    onError: (l) => errors.on(l),
+    close: async () => {
+      closed = true
+    },
+    calls: () => calls,
+    closed: () => closed,
+  }
+  return d
+}
+
+const primaryAt = (port: number, name = 'p'): DiscoveredMember => ({
+  name,
+  host: '127.0.0.1',
+  port,
+  role: 'primary',
+  state: 'running',
+  lagBytes: null,
+  timeline: 1,
+  sync: false,
+})
+
+const connection = { user: 'app', password: SECRET, database: 'app' }
+
+describe('createPgRouter without a reachable primary', () => {
+  it('writes fail with E_FAILOVER_TIMEOUT, ready with E_NO_PRIMARY, check with fail', async () => {
+    const confirmFailures: unknown[] = []
+    const sub = (m: unknown) => confirmFailures.push(m)
+    dc.subscribe(channelNames.confirmFailed, sub)
+    const discovery = fakeDiscovery(() => [primaryAt(1)])
+    const db = createPgRouter({ discovery, connection, failover: { timeoutMs: 300 } })
+    try {
+      const err = await db.write('INSERT INTO t VALUES (1)').catch((e: unknown) => e)
+      expect(ResilientError.is(err, 'E_FAILOVER_TIMEOUT')).toBe(true)
+      const r = await db.ready({ timeoutMs: 100 }).catch((e: unknown) => e)
+      expect(ResilientError.is(r, 'E_NO_PRIMARY')).toBe(true)
+      // the cause says why: the connection was refused
+      expect((r as Error).cause).toMatchObject({ code: 'ECONNREFUSED' })
+      expect(await db.check()).toMatchObject({ status: 'fail' })
+      expect(confirmFailures.length).toBeGreaterThan(0)
+      expect(confirmFailures[0]).toMatchObject({
+        member: 'p',
+        errorClass: 'not-sent',
+        errorCode: 'ECONNREFUSED',
+      })
+      expect(discovery.calls()).toBeGreaterThan(1) // fast polling while no primary is confirmed
+      for (const x of [err, r, confirmFailures, db.stats(), db.topology()]) {
+        expect(inspect(x, { depth: 10 })).not.toContain(SECRET)
+      }
+      expect(inspect(db)).toMatch(/^PgRouter \{ primary: null/)
+    } finally {
+      dc.unsubscribe(channelNames.confirmFailed, sub)
+      await db.close()
+    }
+    expect(discovery.closed()).toBe(true)
+  })
+
+  it('the write queue is bounded: beyond failover.maxQueue, writes fail at once', async () => {
+    const db = createPgRouter({
+      discovery: fakeDiscovery(() => [primaryAt(1)]),
+      connection,
+      failover: { timeoutMs: 2_000, maxQueue: 2 },
+    })
+    try {
+      const held = [db.write('SELECT 1'), db.write('SELECT 2')].map((p) => p.catch((e: unknown) => e))
+      const third = await db.write('SELECT 3').catch((e: unknown) => e)
+      expect(third).toMatchObject({ code: 'E_FAILOVER_TIMEOUT', details: { reason: 'queue-full' } })
+      expect(db.stats().queuedWrites).toBe(2)
+      await db.close()
+      // closing rejects what was held
+      for (const e of await Promise.all(held)) expect(e).toMatchObject({ code: 'E_SHUTTING_DOWN' })
+      await expect(db.write('SELECT 4')).rejects.toMatchObject({ code: 'E_SHUTTING_DOWN' })
+      expect(await db.check()).toMatchObject({ status: 'fail', output: 'router is closed' })
+    } finally {
+      await db.close()
+    }
+  })
+
+  it('an AbortSignal ends a held write with E_ABORTED', async () => {
+    const db = createPgRouter({ discovery: fakeDiscovery(() => [primaryAt(1)]), connection })
+    try {
+      const ac = new AbortController()
+      const p = db.write('SELECT 1', [], { signal: ac.signal })
+      setTimeout(() => ac.abort(), 20)
+      await expect(p).rejects.toMatchObject({ code: 'E_ABORTED' })
+    } finally {
+      await db.close()
+    }
+  })
+
+  it('a member that accepts TCP but never answers: bounded by pool.connectTimeoutMs', async () => {
+    const db = createPgRouter({
+      discovery: fakeDiscovery(() => [primaryAt(silentPort)]),
+      connection,
+      pool: { connectTimeoutMs: 100 },
+      failover: { timeoutMs: 600 },
+    })
+    try {
+      const err = await db.write('SELECT 1').catch((e: unknown) => e)
+      expect(ResilientError.is(err, 'E_FAILOVER_TIMEOUT')).toBe(true)
+      const read = await db.read('SELECT 1').catch((e: unknown) => e)
+      expect(ResilientError.is(read, 'E_FAILOVER_TIMEOUT')).toBe(true)
+    } finally {
+      await db.close()
+    }
+  })
+
+  it('several members claiming primary (static split brain): writes are held, check fails naming them', async () => {
+    const db = createPgRouter({
+      discovery: fakeDiscovery(() => [primaryAt(1, 'a'), primaryAt(2, 'b')], { conflict: ['a', 'b'] }),
+      connection,
+      failover: { timeoutMs: 200 },
+    })
+    try {
+      await expect(db.write('SELECT 1')).rejects.toMatchObject({ code: 'E_FAILOVER_TIMEOUT' })
+      const c = await db.check()
+      expect(c.status).toBe('fail')
+      expect(c.output).toContain('a, b')
+      expect(db.topology().conflict).toEqual(['a', 'b'])
+    } finally {
+      await db.close()
+    }
+  })
+
+  it('a bad session token is ignored and reported on a channel, never thrown', async () => {
+    const seen: unknown[] = []
+    const sub = (m: unknown) => seen.push(m)
+    dc.subscribe(channelNames.badToken, sub)
+    const db = createPgRouter({ discovery: fakeDiscovery(() => []), connection })
+    try {
+      const s = db.session('%%%')
+      expect(s.token).toBe('')
+      expect(db.session('').token).toBe('')
+      expect(seen).toEqual([{ reason: 'not-base64url' }])
+      expect(db.stats().badTokens).toBe(1)
+    } finally {
+      dc.unsubscribe(channelNames.badToken, sub)
+      await db.close()
+    }
+  })
+
+  it('transaction options are checked (E_CONFIG), resolveCommit checks its txid', async () => {
+    const db = createPgRouter({ discovery: fakeDiscovery(() => []), connection })
+    try {
+      await expect(
+        db.transaction(async () => 1, { isolationLevel: 'snapshot' as never }),
+      ).rejects.toMatchObject({
+        code: 'E_CONFIG',
+        details: { field: 'transaction.isolationLevel' },
+      })
+      await expect(db.transaction(async () => 1, { readOnly: 'yes' as never })).rejects.toMatchObject({
+        code: 'E_CONFIG',
+      })
+      await expect(db.resolveCommit('12; DROP TABLE x')).rejects.toMatchObject({ code: 'E_CONFIG' })
+    } finally {
+      await db.close()
+    }
+  })
+})

@@ -1,0 +1,81 @@
+import { describe, expect, it } from 'vitest'
+import { decodeToken, encodeToken, Session, type SessionHost } from '../src/session.js'
+import { formatLsn, parseLsn } from '../src/topology.js'
+
+describe('session tokens', () => {
+  it('round-trips an LSN through an opaque URL-safe string', () => {
+    const lsn = parseLsn('16/B374D848')!
+    const token = encodeToken({ lsn })
+    expect(token).toMatch(/^[A-Za-z0-9_-]+$/)
+    const back = decodeToken(token)
+    expect(back).toEqual({ ok: true, data: { lsn } })
+    expect(formatLsn(lsn)).toBe('16/B374D848')
+  })
+
+  it.each([
+    [undefined, 'not-a-string'],
+    [42, 'not-a-string'],
+    ['', 'bad-length'],
+    ['x'.repeat(300), 'bad-length'],
+    ['has spaces!', 'not-base64url'],
+    [Buffer.from('{nope').toString('base64url'), 'not-json'],
+    [Buffer.from('"str"').toString('base64url'), 'not-an-object'],
+    [Buffer.from('{"v":2,"lsn":"0/1"}').toString('base64url'), 'unknown-version'],
+    [Buffer.from('{"v":1,"lsn":"zz"}').toString('base64url'), 'bad-lsn'],
+    [Buffer.from('{"v":1}').toString('base64url'), 'bad-lsn'],
+  ])('rejects %o without throwing (%s)', (token, reason) => {
+    expect(decodeToken(token)).toEqual({ ok: false, reason })
+  })
+
+  it('parseLsn / formatLsn', () => {
+    expect(parseLsn('0/0')).toBe(0n)
+    expect(parseLsn('1/0')).toBe(1n << 32n)
+    expect(parseLsn('0/3000060')).toBe(0x3000060n)
+    expect(parseLsn('0/3000060/1')).toBeNull()
+    expect(parseLsn(null)).toBeNull()
+    expect(formatLsn(0x3000060n)).toBe('0/3000060')
+  })
+})
+
+describe('Session', () => {
+  function fakeHost() {
+    const seen: Array<bigint | null> = []
+    let next = 100n
+    const host: SessionHost = {
+      readAfter: async (_t, _v, minLsn) => {
+        seen.push(minLsn)
+        return { rows: [], command: 'SELECT', rowCount: 0, oid: 0, fields: [] }
+      },
+      writeTracked: async (_t, _v, _o, onLsn) => {
+        onLsn(next)
+        next -= 10n // a later write reporting an older position must not move the session back
+        return { rows: [], command: 'INSERT', rowCount: 1, oid: 0, fields: [] }
+      },
+      transactionTracked: async (fn, _o, _min, onLsn) => {
+        const r = await fn({
+          query: async () => ({ rows: [], command: '', rowCount: 0, oid: 0, fields: [] }),
+        })
+        onLsn(500n)
+        return r
+      },
+    }
+    return { host, seen }
+  }
+
+  it('starts empty, then reads after the highest LSN its writes reached', async () => {
+    const { host, seen } = fakeHost()
+    const s = new Session(host, null)
+    expect(s.token).toBe('')
+    expect(s.lsn).toBeNull()
+    await s.read('SELECT 1')
+    await s.write('INSERT 1')
+    await s.write('INSERT 2')
+    await s.read('SELECT 2')
+    expect(seen).toEqual([null, 100n])
+    expect(s.lsn).toBe('0/64')
+    await s.transaction(async () => 1)
+    await s.read('SELECT 3')
+    expect(seen.at(-1)).toBe(500n)
+    expect(decodeToken(s.token)).toEqual({ ok: true, data: { lsn: 500n } })
+  })
+})
