@@ -1,6 +1,7 @@
 // The Express application: routes only. Everything it talks to is passed in, so a test (or
 // another process layout) can build it around its own db, cache and health.
 import { healthRoutes } from '@resilient/health/express'
+import { rywSession } from '@resilient/pg-router/express'
 import express from 'express'
 import { createLibrary, parseBookId, toHttpError } from './library.js'
 
@@ -17,15 +18,21 @@ export function createApp({ db, cache, health, exposeDebug = false }) {
   app.disable('x-powered-by')
   app.use(express.json({ limit: '16kb' }))
 
-  // GET /healthz (liveness) and GET /ready (readiness), answered from the health state that
-  // the SDK refreshes once per interval: a probe never sends a query of its own.
-  app.use(healthRoutes(health))
+  // GET /healthz (liveness), GET /ready (readiness), GET /metrics (Prometheus text), all
+  // answered from the state the SDK refreshes once per interval: a probe never sends a
+  // query of its own.
+  app.use(healthRoutes(health, { metricsPath: '/metrics' }))
 
-  /** The client's read-your-writes session, when it sent a token. */
-  const sessionOf = (/** @type {import('express').Request} */ req) => {
-    const token = req.get(RYW_HEADER)
-    return token ? db.session(token) : undefined
-  }
+  // Read-your-writes: req.db = db.session(token from the x-ryw-token header); once the
+  // handler's writes are done, the session's new token goes back in the same header.
+  app.use(rywSession(db, { header: RYW_HEADER }))
+
+  /**
+   * The session for a read: only when the client sent a token (it wrote recently and must
+   * see that write); otherwise undefined, and the read may be served from the cache.
+   */
+  const sessionOf = (/** @type {import('express').Request} */ req) =>
+    req.get(RYW_HEADER) ? req.db : undefined
 
   app.get('/books/:id', async (req, res) => {
     res.json(await library.getBook(parseBookId(req.params.id), sessionOf(req)))
@@ -36,9 +43,7 @@ export function createApp({ db, cache, health, exposeDebug = false }) {
   })
 
   app.post('/loans', async (req, res) => {
-    const session = db.session(req.get(RYW_HEADER) || undefined)
-    const { loan, created } = await library.lend(session, req.body ?? {})
-    res.set(RYW_HEADER, session.token)
+    const { loan, created } = await library.lend(req.db, req.body ?? {})
     res.status(created ? 201 : 200).json(loan)
   })
 
@@ -47,16 +52,14 @@ export function createApp({ db, cache, health, exposeDebug = false }) {
   })
 
   app.post('/loans/:id/return', async (req, res) => {
-    const session = db.session(req.get(RYW_HEADER) || undefined)
-    const { loan } = await library.giveBack(session, req.params.id)
-    res.set(RYW_HEADER, session.token)
+    const { loan } = await library.giveBack(req.db, req.params.id)
     res.json(loan)
   })
 
   if (exposeDebug) {
     // For the demo and the tests; do not expose this publicly.
     app.get('/debug/stats', (_req, res) => {
-      res.json({ cache: cache.stats(), topology: db.topology() })
+      res.json({ cache: cache.stats(), topology: db.topology(), router: db.stats() })
     })
   }
 

@@ -225,6 +225,8 @@ export function toHttpError(err) {
     case '40001': // serialization_failure
     case '40P01': // deadlock_detected
       return { status: 409, body: { error: err.code, message: 'conflict: retry' }, retryAfter: 0 }
+    case '23503': // foreign_key_violation: a loan of a book that does not exist
+      return { status: 404, body: { error: 'NOT_FOUND', message: 'no such book' } }
     case '22P02': // invalid_text_representation
       return { status: 400, body: { error: 'BAD_REQUEST', message: 'malformed value' } }
     default:
