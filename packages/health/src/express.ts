@@ -34,14 +34,17 @@ function path(value: unknown, field: string): string {
  * An Express Router with GET (and HEAD) /healthz and /ready: `app.use(healthRoutes(health))`.
  * Works with Express 5 and 4: the handlers are plain node:http handlers.
  */
-export function healthRoutes<R extends RouterLike = express.Router>(
+export function healthRoutes(health: Health, options?: HealthRoutesOptions<never>): express.Router
+/** Adds the routes to `options.router` (a Router of your own Express 4 or 5) and returns it. */
+export function healthRoutes<R extends RouterLike>(
   health: Health,
-  options: HealthRoutesOptions<R> = {},
-): R {
+  options: HealthRoutesOptions<R> & { router: R },
+): R
+export function healthRoutes(health: Health, options: HealthRoutesOptions<RouterLike> = {}): RouterLike {
   if (typeof health?.readiness !== 'function')
     throw configError('health', 'a Health from createHealth()', health)
   const d = DEFAULT_HEALTH_ROUTES_OPTIONS
-  const router = (options.router ?? express.Router()) as R
+  const router: RouterLike = options.router ?? express.Router()
   router.get(path(options.livenessPath ?? d.livenessPath, 'livenessPath'), health.liveness)
   router.get(path(options.readinessPath ?? d.readinessPath, 'readinessPath'), health.readiness)
   const metricsPath = options.metricsPath ?? d.metricsPath

@@ -75,7 +75,13 @@ function normalizeOne(value: unknown): CheckResult {
   if (typeof v.observedUnit === 'string') out.observedUnit = v.observedUnit
   if (typeof v.output === 'string' && v.output !== '') out.output = truncate(v.output)
   if (typeof v.details === 'object' && v.details !== null && !Array.isArray(v.details)) {
-    out.details = v.details as Record<string, unknown>
+    // The verbose body serializes it: a cycle or a bigint must not break the probe.
+    try {
+      JSON.stringify(v.details)
+      out.details = v.details as Record<string, unknown>
+    } catch {
+      out.details = { error: 'details are not serializable' }
+    }
   }
   return out
 }

@@ -1,4 +1,4 @@
-import http from 'node:http'
+import * as http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { createHealth, type Health } from '@resilient/health'
 import { healthRoutes } from '@resilient/health/express'
@@ -39,10 +39,10 @@ async function expectProbes(url: string, health: Health, paths = { live: '/healt
   expect(await live.json()).toEqual({ status: 'pass' })
   const ready = await fetch(url + paths.ready)
   expect(ready.status).toBe(200)
-  const body = await ready.json()
+  const body = (await ready.json()) as any
   expect(body.status).toBe('pass')
   expect(body.checks['db:responseTime'][0].status).toBe('pass')
-  const verbose = await (await fetch(`${url}${paths.ready}?verbose=1`)).json()
+  const verbose = (await (await fetch(`${url}${paths.ready}?verbose=1`)).json()) as any
   expect(verbose.breakers).toEqual(expect.any(Array))
   const head = await fetch(url + paths.ready, { method: 'HEAD' })
   expect(head.status).toBe(200)
@@ -85,7 +85,7 @@ describe('express adapter', () => {
     expect((await fetch(`${url}/ops/live`)).status).toBe(200)
     const ready = await fetch(`${url}/ops/readyz`)
     expect(ready.status).toBe(503)
-    expect((await ready.json()).status).toBe('fail')
+    expect(((await ready.json()) as any).status).toBe('fail')
     expect((await fetch(`${url}/ready`)).status).toBe(404)
   })
 

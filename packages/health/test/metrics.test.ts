@@ -1,4 +1,4 @@
-import http from 'node:http'
+import * as http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { createBreaker } from '@resilient/core'
 import { createHealth, createMetricsHandler } from '@resilient/health'

@@ -47,8 +47,8 @@ describe('options', () => {
     [{ handleSignals: { signals: ['SIGKILL'] } }, 'health.handleSignals.signals[0]'],
     [{ handleSignals: { exit: 'no' } }, 'health.handleSignals.exit'],
     [{ serviceId: 5 }, 'health.serviceId'],
-  ])('%o throws E_CONFIG naming %s', (options, field) => {
-    expect(configField({ eventLoop: false, autoStart: false, ...options })).toBe(field)
+  ] as [unknown, string][])('%o throws E_CONFIG naming %s', (options, field) => {
+    expect(configField({ eventLoop: false, autoStart: false, ...(options as object) })).toBe(field)
   })
 
   it('never echoes a string value in the message', () => {

@@ -1,4 +1,4 @@
-import http from 'node:http'
+import * as http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { createHealth } from '@resilient/health'
 import { type Lab, startLab } from '@resilient/lab'

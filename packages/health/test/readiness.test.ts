@@ -304,6 +304,28 @@ describe('readiness body: application/health+json (IETF draft)', () => {
     breaker.shutdown()
   })
 
+  it('a result that cannot be serialized never breaks the probe', async () => {
+    const cyclic: Record<string, unknown> = {}
+    cyclic.self = cyclic
+    const health = createHealth({
+      ...quiet,
+      autoStart: false,
+      checks: {
+        db: async () =>
+          ({ status: 'pass', details: cyclic, observedValue: { big: 1n } }) as unknown as CheckResult,
+        odd: { check: async () => 42 as unknown as CheckResult, critical: false },
+      },
+    })
+    await health.refresh()
+    const r = call(health.readiness, '/ready?verbose=1')
+    expect(r.statusCode).toBe(200)
+    expect(r.json.checks['db:responseTime'][0].details).toEqual({ error: 'details are not serializable' })
+    expect(r.json.checks['odd:responseTime'][0]).toMatchObject({
+      status: 'fail',
+      output: 'check returned number instead of a result',
+    })
+  })
+
   it('HEAD gets the status and headers without a body', async () => {
     const health = createHealth({ ...quiet, checks: {} })
     const r = call(health.readiness, '/ready', 'HEAD')

@@ -1,4 +1,4 @@
-import http from 'node:http'
+import * as http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { ResilientError } from '@resilient/core'
 import { createHealth } from '@resilient/health'
