@@ -1,4 +1,5 @@
 import * as dc from 'node:diagnostics_channel'
+import { createRequire } from 'node:module'
 import {
   type Breaker,
   type BreakerStateChange,
@@ -271,6 +272,39 @@ describe('breaker resources', () => {
     expect(vi.getTimerCount() - before).toBe(1)
     b.shutdown()
     expect(vi.getTimerCount() - before).toBe(0)
+  })
+
+  it('keeps no per-call latency sample in opossum’s window (opossum 9 does, even with percentiles off)', async () => {
+    const require = createRequire(import.meta.url)
+    const Status = require('opossum/lib/status.js') as {
+      prototype: { increment(p: string, l?: number): void }
+    }
+    const CircuitBreaker = require('opossum') as new (
+      fn: () => Promise<unknown>,
+      o: object,
+    ) => {
+      fire(): Promise<unknown>
+      shutdown(): void
+    }
+    const spy = vi.spyOn(Status.prototype, 'increment')
+    try {
+      const raw = new CircuitBreaker(ok, {
+        timeout: false,
+        rollingPercentilesEnabled: false,
+        enableSnapshots: false,
+      })
+      await raw.fire()
+      raw.shutdown()
+      expect(spy).toHaveBeenCalled() // control: opossum's own counting goes through it
+      spy.mockClear()
+      const { b } = make()
+      await Promise.all(Array.from({ length: 100 }, () => b.execute(ok)))
+      await trip(b)
+      expect(spy).not.toHaveBeenCalled()
+      expect(b.stats().failureRate).toBeCloseTo((4 / 104) * 100, 5) // the window still counts
+    } finally {
+      spy.mockRestore()
+    }
   })
 
   it('clears each call’s timeout timer when the call settles', async () => {
