@@ -174,6 +174,9 @@ export function redisArgs(input: RedisInput): string[] {
     '',
     '--loglevel',
     'notice',
+    // Diskless full syncs start at once (the default waits 5 s for more replicas to join).
+    '--repl-diskless-sync-delay',
+    '0',
   ]
   if (input.replicaOf !== undefined) {
     args.push('--replicaof', HOST, String(input.replicaOf), '--replica-announce-ip', HOST)
@@ -230,7 +233,10 @@ export function scopeFor(baseDir: string): string {
     .replace(/[^A-Za-z0-9-]/g, '-')
     .replace(/-+/g, '-')
     .replace(/^-|-$/g, '')
-  return `lab-${cleaned || 'x'}`.slice(0, 60)
+  // A short hash of the whole path: two labs in folders of the same name (".lab") differ.
+  let hash = 0x811c9dc5
+  for (const ch of Buffer.from(baseDir)) hash = Math.imul(hash ^ ch, 0x01000193) >>> 0
+  return `lab-${(cleaned || 'x').slice(0, 40)}-${hash.toString(16).padStart(8, '0')}`
 }
 
 /** A random password of URL-safe characters (no quoting needed in URLs, pgpass or YAML). */

@@ -5,8 +5,10 @@ import {
   existsSync,
   mkdirSync,
   mkdtempSync,
+  readdirSync,
   readFileSync,
   realpathSync,
+  rmSync,
   writeFileSync,
 } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -27,6 +29,7 @@ import {
 import { ensurePackages, requirements } from './packages.js'
 import { defaultRegistryDir, PortAllocator } from './ports.js'
 import {
+  checkReachable,
   killLabSync,
   postgresUser,
   type RunAs,
@@ -903,15 +906,14 @@ export class Lab {
 
   /** @internal */
   startWatchdog(): void {
-    const child = spawn(
-      process.execPath,
-      ['-e', WATCHDOG_SOURCE, String(process.pid), this.baseDir, defaultRegistryDir()],
-      {
-        cwd: this.baseDir,
-        detached: true,
-        stdio: 'ignore',
-      },
-    )
+    // A file rather than `node -e`, so that ps shows a readable command line.
+    const script = join(this.baseDir, 'watchdog.cjs')
+    writeFileSync(script, WATCHDOG_SOURCE, { mode: 0o644 })
+    const child = spawn(process.execPath, [script, String(process.pid), this.baseDir, defaultRegistryDir()], {
+      cwd: this.baseDir,
+      detached: true,
+      stdio: 'ignore',
+    })
     child.on('error', () => {})
     child.unref()
     if (child.pid) {
@@ -1100,10 +1102,14 @@ export async function startLab(options: LabOptions = {}): Promise<Lab> {
   let baseDir: string
   if (options.baseDir) {
     baseDir = resolve(options.baseDir)
-    mkdirSync(baseDir, { recursive: true, mode: 0o755 })
     if (existsSync(join(baseDir, 'lab.json'))) {
       throw new Error(`${baseDir} already holds a lab (lab.json); stop it first or pick another folder`)
     }
+    // down() removes the whole folder: never adopt one that holds anything.
+    if (existsSync(baseDir) && readdirSync(baseDir).length > 0) {
+      throw new Error(`${baseDir} is not empty; the lab needs a folder of its own (down() removes it)`)
+    }
+    mkdirSync(baseDir, { recursive: true, mode: 0o755 })
   } else {
     baseDir = mkdtempSync(join(tmpdir(), 'resilient-lab-'))
   }
@@ -1116,7 +1122,15 @@ export async function startLab(options: LabOptions = {}): Promise<Lab> {
     if (forPostgres) own(path)
     return path
   }
-  if (nodes > 0) own(baseDir)
+  if (nodes > 0) {
+    try {
+      checkReachable(baseDir, runAs)
+    } catch (err) {
+      rmSync(baseDir, { recursive: true, force: true })
+      throw err
+    }
+    own(baseDir)
+  }
 
   const ports = new PortAllocator(baseDir)
   const password = randomPassword(randomBytes(24))
@@ -1220,15 +1234,28 @@ export async function startLab(options: LabOptions = {}): Promise<Lab> {
   try {
     if (!options.persistent) lab.startWatchdog()
     log(`lab folder ${baseDir} (scope ${state.scope})`)
+    const elapsed = () => `${((performance.now() - started) / 1000).toFixed(1)} s`
+    const remaining = () => Math.max(1000, readyTimeoutMs - (performance.now() - started))
     await lab.bootEtcd()
     await lab.bootRedis()
-    await lab.waitForEtcd(readyTimeoutMs)
-    await lab.bootPatroni()
-    await lab.waitForRedis(readyTimeoutMs)
+    if (nodes > 0) {
+      await lab.waitForEtcd(remaining())
+      log(`etcd ready (${elapsed()})`)
+      await lab.bootPatroni()
+    }
+    if (redis) {
+      await lab.waitForRedis(remaining())
+      log(`redis ready (${elapsed()})`)
+    }
     await lab.bootSentinels()
-    const remaining = () => Math.max(1000, readyTimeoutMs - (performance.now() - started))
-    await lab.waitForCluster(remaining())
-    await lab.waitForSentinels(remaining())
+    if (nodes > 0) {
+      await lab.waitForCluster(remaining())
+      log(`patroni: 1 leader, ${nodes - 1} streaming replica(s) (${elapsed()})`)
+    }
+    if (sentinel) {
+      await lab.waitForSentinels(remaining())
+      log(`sentinels ready (${elapsed()})`)
+    }
     const seconds = Math.round((performance.now() - started) / 100) / 10
     lab.setBootSeconds(seconds)
     log(`lab ready in ${seconds} s`)

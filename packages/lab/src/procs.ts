@@ -1,5 +1,6 @@
 import { execFileSync, spawn } from 'node:child_process'
-import { closeSync, openSync, readFileSync, rmSync } from 'node:fs'
+import { closeSync, openSync, readFileSync, rmSync, statSync } from 'node:fs'
+import { dirname } from 'node:path'
 import { releasePorts } from './ports.js'
 import type { LabState } from './state.js'
 import { isProcessAlive, readPostmasterPid, signalTree, sleep, waitForExit } from './util.js'
@@ -26,6 +27,29 @@ export function postgresUser(): RunAs | undefined {
   throw new Error(
     'running as root and there is no "postgres" user (apt-get install -y postgresql-15 creates it)',
   )
+}
+
+/**
+ * Throws when `runAs` could not reach `dir` (some ancestor lacks the execute bit for it), e.g.
+ * a folder under /root or a 0700 mkdtemp folder: etcd and Patroni would die at once.
+ */
+export function checkReachable(dir: string, runAs: RunAs | undefined): void {
+  if (!runAs) return
+  let current = dirname(dir)
+  for (;;) {
+    const st = statSync(current)
+    const bit = st.uid === runAs.uid ? 0o100 : st.gid === runAs.gid ? 0o010 : 0o001
+    if ((st.mode & bit) === 0) {
+      throw new Error(
+        `the ${runAs.user} user cannot reach ${dir}: ${current} is not searchable by it ` +
+          `(mode ${(st.mode & 0o777).toString(8)}). PostgreSQL refuses to run as root, so the lab runs ` +
+          `etcd and Patroni as ${runAs.user}; pick a baseDir it can reach (e.g. under /tmp) or chmod o+x ${current}`,
+      )
+    }
+    const parent = dirname(current)
+    if (parent === current) return
+    current = parent
+  }
 }
 
 export interface SpawnSpec {
@@ -189,13 +213,13 @@ export function freeSharedMemory(segments: Array<{ key: number; id: number }>): 
  * that the owner is alive; when the owner is gone (even by SIGKILL, e.g. a vitest worker that
  * was killed), it reads the state file, kills every server of the lab by PID (only PIDs whose
  * working directory is inside the lab folder), frees PostgreSQL's shared memory, removes the
- * folder and the port reservations, and exits. Plain CommonJS so it runs with `node -e`.
+ * folder and the port reservations, and exits. Plain CommonJS, written to <lab>/watchdog.cjs and run with node.
  */
 export const WATCHDOG_SOURCE = String.raw`
 const fs = require('node:fs')
 const cp = require('node:child_process')
-const owner = Number(process.argv[1])
-const baseDir = process.argv[2]
+const owner = Number(process.argv[2])
+const baseDir = process.argv[3]
 const stateFile = baseDir + '/lab.json'
 const originalParent = process.ppid
 function stateOf(pid) {
@@ -247,7 +271,7 @@ function cleanup() {
         }
       }
     } catch {}
-    const registry = process.argv[3]
+    const registry = process.argv[4]
     for (const port of state.ports || []) {
       try { if (fs.readFileSync(registry + '/' + port, 'utf8') === baseDir) fs.rmSync(registry + '/' + port, { force: true }) } catch {}
     }
