@@ -16,6 +16,7 @@ import { createRequire } from 'node:module'
 import type * as OtelApi from '@opentelemetry/api'
 import type { BreakerState } from './breaker.js'
 import { listBreakers } from './breaker.js'
+import { errorType } from './errors.js'
 import { type Disposable, toDisposable } from './events.js'
 
 type Api = typeof OtelApi
@@ -337,6 +338,24 @@ export const metrics = {
     if (op.serverAddress !== undefined) attrs['server.address'] = op.serverAddress
     if (op.serverPort !== undefined) attrs['server.port'] = op.serverPort
     inst.operationDuration.record(op.durationSeconds, attrs)
+  },
+
+  /**
+   * Starts timing one operation; call the returned function once when it settles, with the
+   * error if it failed (its `error.type` is `errorType(err)`). Calling it again does nothing.
+   *   const done = metrics.startOperation({ system: 'redis', operation: 'GET' })
+   *   try { const v = await redis.get(k); done(); return v } catch (e) { done(e); throw e }
+   */
+  startOperation(op: Omit<OperationRecord, 'durationSeconds' | 'errorType'>): (error?: unknown) => void {
+    const t0 = performance.now()
+    let ended = false
+    return (...args: [error?: unknown]) => {
+      if (ended) return
+      ended = true
+      const record: OperationRecord = { ...op, durationSeconds: (performance.now() - t0) / 1000 }
+      if (args.length > 0 && args[0] !== undefined) record.errorType = errorType(args[0])
+      metrics.recordOperation(record)
+    }
   },
 
   /**

@@ -109,6 +109,23 @@ describe('metrics with a MeterProvider', () => {
     ])
   })
 
+  it('startOperation times one operation once and names its error by errorType', async () => {
+    const ok = metrics.startOperation({ system: 'postgresql', operation: 'INSERT' })
+    await new Promise((r) => setTimeout(r, 5))
+    ok()
+    ok() // a second call is ignored
+    const failed = metrics.startOperation({ system: 'postgresql', operation: 'INSERT' })
+    failed(Object.assign(new Error('boom'), { code: '40001' }))
+    const values = fake.instruments.get(metricNames.operationDuration)!.values
+    expect(values).toHaveLength(2)
+    expect(values[0]!.value).toBeGreaterThan(0)
+    expect(values[0]!.attrs['error.type']).toBeUndefined()
+    expect(values[1]!.attrs['error.type']).toBe('40001')
+    expect(metricsSnapshot().operations).toEqual([
+      { system: 'postgresql', operation: 'INSERT', count: 2, errors: 1, sumSeconds: expect.any(Number) },
+    ])
+  })
+
   it('observes a pool: connection count by state, pending requests, max; disposal stops it', () => {
     let used = 3
     const d = metrics.observePool('pg1', () => ({ idle: 2, used, pending: 1, max: 10 }))
