@@ -307,6 +307,20 @@ describe('breaker resources', () => {
     }
   })
 
+  it('its background timer does not keep the process alive', () => {
+    vi.useRealTimers()
+    const spy = vi.spyOn(globalThis, 'setInterval')
+    try {
+      const { b } = make()
+      const timers = spy.mock.results.map((r) => r.value as NodeJS.Timeout)
+      expect(timers).toHaveLength(1)
+      expect(timers[0]!.hasRef()).toBe(false)
+      b.shutdown()
+    } finally {
+      spy.mockRestore()
+    }
+  })
+
   it('clears each call’s timeout timer when the call settles', async () => {
     const before = vi.getTimerCount()
     const { b } = make({ timeoutMs: 5_000 })
