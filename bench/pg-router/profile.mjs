@@ -1,0 +1,80 @@
+/**
+ * Where the client-side CPU of one query goes: pg.Pool.query vs db.write / db.read, by
+ * package, from V8's sampling profiler (node:inspector) over 20 000 sequential `SELECT 1`.
+ * Self time is attributed to pg-router, core, pg, pg-pool, pg-protocol, node internals and
+ * native frames (socket writes show up as `native:writeBuffer`).
+ *
+ * Run:  npx tsc -b packages/lab packages/pg-router && node bench/pg-router/profile.mjs
+ * Env:  CALLS (default 20000)
+ * Out:  one table per case on stdout (share of busy samples, and µs per call estimated from
+ *       this process's CPU time).
+ */
+import { Session } from 'node:inspector/promises'
+import pg from 'pg'
+import { startLab } from '../../packages/lab/dist/index.js'
+import { createPgRouter } from '../../packages/pg-router/dist/index.js'
+
+const CALLS = Number(process.env.CALLS ?? 20_000)
+
+function category(frame) {
+  const u = frame.url
+  if (frame.functionName === '(idle)') return 'idle'
+  if (u.includes('pg-router/dist')) return 'pg-router'
+  if (u.includes('core/dist')) return '@resilient/core'
+  if (u.includes('pg-pool')) return 'pg-pool'
+  if (u.includes('pg-protocol')) return 'pg-protocol'
+  if (u.includes('/pg/lib')) return 'pg'
+  if (u.startsWith('node:')) return 'node internals'
+  if (u === '') return `native:${frame.functionName}`
+  return 'other'
+}
+
+async function profile(name, fn) {
+  for (let i = 0; i < 2_000; i++) await fn()
+  const s = new Session()
+  s.connect()
+  await s.post('Profiler.enable')
+  await s.post('Profiler.start')
+  const c0 = process.cpuUsage()
+  for (let i = 0; i < CALLS; i++) await fn()
+  const c = process.cpuUsage(c0)
+  const { profile } = await s.post('Profiler.stop')
+  s.disconnect()
+  const byId = new Map(profile.nodes.map((n) => [n.id, n]))
+  const cat = new Map()
+  for (const id of profile.samples) {
+    const k = category(byId.get(id).callFrame)
+    cat.set(k, (cat.get(k) ?? 0) + 1)
+  }
+  const busy = profile.samples.length - (cat.get('idle') ?? 0)
+  const us = (c.user + c.system) / CALLS
+  console.log(`\n${name}: ${us.toFixed(1)} µs client CPU per call`)
+  for (const [k, n] of [...cat].sort((a, b) => b[1] - a[1])) {
+    if (k === 'idle' || n / busy < 0.005) continue
+    console.log(
+      `  ${k.padEnd(28)} ${((100 * n) / busy).toFixed(1).padStart(5)} %  ~${((us * n) / busy).toFixed(2)} µs`,
+    )
+  }
+}
+
+const lab = await startLab({ nodes: 1, redis: false })
+let pool
+let db
+try {
+  const p = await lab.waitForPrimary()
+  const { user, password, database } = lab.postgres
+  pool = new pg.Pool({ host: p.host, port: p.port, user, password, database, max: 8 })
+  db = createPgRouter({
+    patroni: { endpoints: lab.patroni.endpoints },
+    connection: { user, password, database },
+    pool: { max: 8 },
+  })
+  await db.ready()
+  await profile('pg.Pool.query', () => pool.query('SELECT 1'))
+  await profile('db.write', () => db.write('SELECT 1'))
+  await profile('db.read', () => db.read('SELECT 1'))
+} finally {
+  await db?.close()
+  await pool?.end()
+  await lab.down()
+}
