@@ -84,7 +84,9 @@ export class PortAllocator {
     const [low, high] = this.#range
     for (let attempt = 0; attempt < 200; attempt++) {
       const port =
-        high > low ? low + Math.floor(this.#random() * (high - low + 1)) : await kernelPort('127.0.0.1')
+        high > 0 && high >= low
+          ? low + Math.floor(this.#random() * (high - low + 1))
+          : await kernelPort('127.0.0.1')
       if (this.reserved.includes(port)) continue
       if (!this.#reserve(port)) continue
       if (!(await canListen(port))) {
