@@ -1,4 +1,12 @@
-import { Emitter, publish, ResilientError, SingleFlight, toError, withTimeout } from '@resilient/core'
+import {
+  Emitter,
+  metrics,
+  publish,
+  ResilientError,
+  SingleFlight,
+  toError,
+  withTimeout,
+} from '@resilient/core'
 import { channels } from './channels.js'
 import { type Classification, classifyError, isRoleMismatch } from './classify.js'
 import type { DiscoveredMember, Discovery, DiscoveryResult } from './discovery/types.js'
@@ -171,6 +179,7 @@ export class Monitor {
       if (m && (m.host !== d.host || m.port !== d.port)) {
         // moved: its old connections point elsewhere
         if (this.gate.writer === m) this.suspect('discovery')
+        m.unobserve()
         void m.pool.close(0)
         m = undefined
       }
@@ -188,6 +197,7 @@ export class Monitor {
       if (seen.has(name)) continue
       if (this.gate.writer === m) this.suspect('discovery')
       this.members.delete(name)
+      m.unobserve()
       void m.pool.close(5_000)
     }
     this.conflict = result.conflict && result.conflict.length > 1 ? [...result.conflict] : null
@@ -206,7 +216,12 @@ export class Monitor {
       probeTimeoutMs: o.monitor.probeTimeoutMs,
       onIdleError: this.#onIdleError,
     })
+    const observed = metrics.observePool(`pg-router:${d.name}`, () => {
+      const st = pool.stats()
+      return { idle: st.idle, used: st.total - st.idle, pending: st.waiting, max: o.pool.max }
+    })
     return {
+      unobserve: () => observed.dispose(),
       name: d.name,
       host: d.host,
       port: d.port,
@@ -371,7 +386,12 @@ export class Monitor {
     this.#abort.abort(new ResilientError('E_SHUTTING_DOWN', 'the router is closing', { noStack: true }))
     this.gate.close(new ResilientError('E_SHUTTING_DOWN', 'the router is closed'))
     await this.#running?.catch(() => {})
-    await Promise.all([...this.members.values()].map((m) => m.pool.close(5_000)))
+    await Promise.all(
+      [...this.members.values()].map((m) => {
+        m.unobserve()
+        return m.pool.close(5_000)
+      }),
+    )
     await this.#discovery.close().catch(() => {})
   }
 }

@@ -6,6 +6,8 @@ import {
   checkObject,
   checkOneOf,
   type Disposable,
+  errorType,
+  metrics,
   publish,
   ResilientError,
   sleep,
@@ -104,6 +106,42 @@ export interface PgRouter {
 
 /** Session LSN meaning "the write succeeded but its position is unknown: read from the primary". */
 const PRIMARY_ONLY = (1n << 64n) - 1n
+/** Statement verbs reported as `db.operation.name` (anything else is left out: low cardinality). */
+const VERBS: ReadonlySet<string> = new Set([
+  'SELECT',
+  'INSERT',
+  'UPDATE',
+  'DELETE',
+  'MERGE',
+  'WITH',
+  'VALUES',
+  'TABLE',
+  'CALL',
+  'COPY',
+  'BEGIN',
+  'COMMIT',
+  'ROLLBACK',
+  'SAVEPOINT',
+  'RELEASE',
+  'CREATE',
+  'ALTER',
+  'DROP',
+  'TRUNCATE',
+  'LOCK',
+  'SET',
+  'SHOW',
+  'EXPLAIN',
+  'ANALYZE',
+  'VACUUM',
+])
+
+function verbOf(text: QueryText): string | undefined {
+  const t = typeof text === 'string' ? text : text?.text
+  if (typeof t !== 'string') return undefined
+  const v = /^\s*([A-Za-z]+)/.exec(t)?.[1]?.toUpperCase()
+  return v !== undefined && VERBS.has(v) ? v : undefined
+}
+
 const ISOLATION_LEVELS: readonly IsolationLevel[] = ['read committed', 'repeatable read', 'serializable']
 
 function commitUnknown(err: unknown, member: Member, txid: string | null, c: Classification): ResilientError {
@@ -161,6 +199,56 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
   const discoveryErrors = discovery.onError((e) => {
     publish(channels.discoveryError, { source: e.source, error: e.error })
   })
+
+  const namespace = typeof opts.connection.database === 'string' ? opts.connection.database : undefined
+
+  /** One caller statement on `lease`, bounded by pool.queryTimeoutMs and the signal, recorded in metrics. */
+  async function run<R extends QueryResultRow>(
+    lease: Lease,
+    member: Member,
+    text: QueryText,
+    values: unknown[] | undefined,
+    signal: AbortSignal | undefined,
+  ): Promise<QueryResult<R>> {
+    const t0 = performance.now()
+    try {
+      const r = await lease.query<R>(text, values, { timeoutMs: queryTimeoutMs, signal })
+      metrics.recordOperation({
+        system: 'postgresql',
+        durationSeconds: (performance.now() - t0) / 1000,
+        operation: verbOf(text),
+        namespace,
+        serverAddress: member.host,
+        serverPort: member.port,
+      })
+      return r
+    } catch (err) {
+      metrics.recordOperation({
+        system: 'postgresql',
+        durationSeconds: (performance.now() - t0) / 1000,
+        operation: verbOf(text),
+        namespace,
+        errorType: errorType(err),
+        statusCode: sqlStateOf(err),
+        serverAddress: member.host,
+        serverPort: member.port,
+      })
+      throw err
+    }
+  }
+
+  /** Counts one read/write call in resilience4j.retry.calls. */
+  async function counted<T>(name: string, fn: (tries: { n: number }) => Promise<T>): Promise<T> {
+    const tries = { n: 0 }
+    try {
+      const r = await fn(tries)
+      metrics.recordRetry(name, tries.n > 1 ? 'successful_with_retry' : 'successful_without_retry')
+      return r
+    } catch (err) {
+      metrics.recordRetry(name, tries.n > 1 ? 'failed_with_retry' : 'failed_without_retry')
+      throw err
+    }
+  }
 
   const closedError = () => new ResilientError('E_SHUTTING_DOWN', 'the router is closed', { noStack: true })
 
@@ -307,11 +395,21 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
     }
   }
 
-  async function doWrite<R extends QueryResultRow>(
+  function doWrite<R extends QueryResultRow>(
     text: QueryText,
     values: unknown[] | undefined,
     options: WriteOptions | undefined,
     onLsn?: (lsn: bigint) => void,
+  ): Promise<QueryResult<R>> {
+    return counted('pg-router.write', (tries) => writeLoop<R>(text, values, options, onLsn, tries))
+  }
+
+  async function writeLoop<R extends QueryResultRow>(
+    text: QueryText,
+    values: unknown[] | undefined,
+    options: WriteOptions | undefined,
+    onLsn: ((lsn: bigint) => void) | undefined,
+    tries: { n: number },
   ): Promise<QueryResult<R>> {
     if (closed) throw closedError()
     const signal = options?.signal
@@ -328,9 +426,10 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
           },
         )
       }
+      tries.n = attempt
       const { lease, member } = await acquireWriter(signal, deadline)
       try {
-        const r = await lease.query<R>(text, values, { timeoutMs: queryTimeoutMs, signal })
+        const r = await run<R>(lease, member, text, values, signal)
         if (onLsn) onLsn(await captureLsn(lease, signal))
         lease.release()
         gate.noteWriteSuccess(member)
@@ -353,20 +452,31 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
     }
   }
 
-  async function doRead<R extends QueryResultRow>(
+  function doRead<R extends QueryResultRow>(
     text: QueryText,
     values: unknown[] | undefined,
     options: StatementOptions | undefined,
     minLsn: bigint | null,
+  ): Promise<QueryResult<R>> {
+    return counted('pg-router.read', (tries) => readLoop<R>(text, values, options, minLsn, tries))
+  }
+
+  async function readLoop<R extends QueryResultRow>(
+    text: QueryText,
+    values: unknown[] | undefined,
+    options: StatementOptions | undefined,
+    minLsn: bigint | null,
+    tries: { n: number },
   ): Promise<QueryResult<R>> {
     if (closed) throw closedError()
     const signal = options?.signal
     const deadline = performance.now() + opts.failover.timeoutMs
     const tried = new Set<string>()
     for (let attempt = 1; ; attempt++) {
+      tries.n = attempt
       const { lease, member } = await acquireReader(signal, deadline, minLsn, tried)
       try {
-        const r = await lease.query<R>(text, values, { timeoutMs: queryTimeoutMs, signal })
+        const r = await run<R>(lease, member, text, values, signal)
         lease.release()
         return r
       } catch (err) {
@@ -433,7 +543,7 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
     const tx: TransactionClient = {
       query: (text, values) => {
         if (done) return Promise.reject(new Error('this transaction is over: use the client only inside fn'))
-        return lease.query(text as QueryText, values, { timeoutMs: queryTimeoutMs, signal })
+        return run(lease, member, text as QueryText, values, signal)
       },
     }
     let result: T

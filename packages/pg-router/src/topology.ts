@@ -19,6 +19,8 @@ export interface Member {
   /** No reads until this performance.now() (a connection to it just failed). */
   downUntil: number
   pool: MemberPool
+  /** Stops reporting this member's pool to metrics. */
+  unobserve: () => void
 }
 
 /** A member as shown to users (topology(), events). */

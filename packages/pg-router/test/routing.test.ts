@@ -18,6 +18,7 @@ function member(name: string, over: Partial<Member> = {}, load = 0): Member {
     measuredLagBytes: null,
     downUntil: 0,
     pool: { load } as unknown as MemberPool,
+    unobserve: () => {},
     ...over,
   }
 }
