@@ -11,6 +11,7 @@ import {
   serializeCookie,
   tokenFromRequest,
 } from './ryw-http.js'
+import type { Session } from './session.js'
 
 export type { RywCookieOptions, RywOptions, RywSessionLike, RywSessionSource } from './ryw-http.js'
 export { DEFAULT_RYW_OPTIONS } from './ryw-http.js'
@@ -81,7 +82,7 @@ declare global {
   namespace Express {
     interface Request {
       /** The read-your-writes session of this request (set by @resilient/pg-router/express). */
-      db: RywSessionLike
+      db: Session
     }
   }
 }

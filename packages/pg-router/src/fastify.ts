@@ -11,6 +11,7 @@ import {
   serializeCookie,
   tokenFromRequest,
 } from './ryw-http.js'
+import type { Session } from './session.js'
 
 export type { RywCookieOptions, RywOptions, RywSessionLike, RywSessionSource } from './ryw-http.js'
 export { DEFAULT_RYW_OPTIONS } from './ryw-http.js'
@@ -31,7 +32,7 @@ const kIncoming = Symbol('resilient.ryw.incoming')
 declare module 'fastify' {
   interface FastifyRequest {
     /** The read-your-writes session of this request (set by @resilient/pg-router/fastify). */
-    db: RywSessionLike
+    db: Session
   }
 }
 
@@ -46,12 +47,12 @@ const plugin: FastifyPluginCallback<RywPluginOptions> = (fastify, options, done)
     done(err as Error)
     return
   }
-  fastify.decorateRequest('db', null as unknown as RywSessionLike)
+  fastify.decorateRequest('db', null as unknown as Session)
   fastify.addHook('onRequest', (request, _reply, next) => {
     const incoming = tokenFromRequest(request.headers, o)
     ;(request as unknown as Record<symbol, unknown>)[kIncoming] = incoming
     try {
-      request.db = openSession(db, incoming)
+      request.db = openSession(db, incoming) as unknown as Session
     } catch (err) {
       next(err as Error)
       return
