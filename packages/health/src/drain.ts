@@ -64,6 +64,26 @@ export function untrack(server: ClosableServer): void {
   }
 }
 
+/**
+ * Marks an http server as draining, without closing it: requests in flight (and any that
+ * still arrive) are answered with `Connection: close`, idle keep-alive connections are
+ * closed now and as they fall idle. Returns a function that stops the sweeping.
+ */
+export function startDraining(server: ClosableServer): () => void {
+  if (!isHttpServer(server)) return () => {}
+  track(server)
+  const state = tracked.get(server)!
+  state.draining = true
+  for (const res of state.inflight) {
+    if (!res.headersSent) res.setHeader('connection', 'close')
+  }
+  server.closeIdleConnections()
+  // Connections whose response went out before we tracked them become idle later.
+  const sweep = setInterval(() => server.closeIdleConnections(), 100)
+  sweep.unref()
+  return () => clearInterval(sweep)
+}
+
 /** Stops accepting, lets in-flight requests finish, and resolves when all connections are gone or the budget ran out. */
 export async function drainServer(server: ClosableServer, budgetMs: number): Promise<DrainResult> {
   if (!isHttpServer(server)) {
@@ -74,30 +94,20 @@ export async function drainServer(server: ClosableServer, budgetMs: number): Pro
     return { clean, inFlightAtClose: 0 }
   }
   track(server)
-  const state = tracked.get(server)!
-  state.draining = true
-  const inFlightAtClose = state.inflight.size
-  for (const res of state.inflight) {
-    if (!res.headersSent) res.setHeader('connection', 'close')
-  }
+  const inFlightAtClose = tracked.get(server)!.inflight.size
   const closed = new Promise<void>((resolve) => {
     if (!server.listening) {
-      // Already closed (or never listened): only the connections remain.
-      server.closeIdleConnections()
-      resolve()
+      resolve() // already closed (or never listened): only the connections remain
       return
     }
     server.close(() => resolve())
   })
-  server.closeIdleConnections()
-  // Connections whose response went out before we tracked them become idle later.
-  const sweep = setInterval(() => server.closeIdleConnections(), 100)
-  sweep.unref()
+  const stopSweeping = startDraining(server)
   let clean: boolean
   try {
     clean = await bounded(closed, budgetMs)
   } finally {
-    clearInterval(sweep)
+    stopSweeping()
   }
   if (!clean) server.closeAllConnections()
   untrack(server)

@@ -1,6 +1,7 @@
 import { checkBoolean, checkOneOf, configError, optional } from '@resilient/core'
 import type { FastifyInstance, FastifyReply, FastifyRequest, LogLevel } from 'fastify'
 import fp from 'fastify-plugin'
+import { startDraining, track } from './drain.js'
 import type { Health, ProbeResponse } from './health.js'
 
 export interface HealthPluginOptions {
@@ -83,15 +84,20 @@ async function healthPlugin(fastify: FastifyInstance, options: HealthPluginOptio
   let closing: Promise<unknown> | undefined
   let startedByHealth = false
   let startedElsewhere = false
+  let stopDraining: () => void = () => {}
   let serverClosed: () => void = () => {}
   const closed = new Promise<void>((resolve) => {
     serverClosed = resolve
   })
+  // Fastify waits for keep-alive connections on close: answer in-flight requests with
+  // `Connection: close` and close connections as they fall idle, as for node:http servers.
+  track(fastify.server)
   health.attachServer({
     close: () => {
       // fastify.close() came first: this "server" is closed when its onClose runs.
       if (startedElsewhere) return closed
       startedByHealth = true
+      stopDraining = startDraining(fastify.server)
       closing ??= fastify.close()
       return closing
     },
@@ -99,10 +105,12 @@ async function healthPlugin(fastify: FastifyInstance, options: HealthPluginOptio
   fastify.addHook('preClose', async () => {
     if (startedByHealth) return
     startedElsewhere = true
+    stopDraining = startDraining(fastify.server)
     // Readiness fails from now on; health's hooks wait for fastify's server to close.
     void health.shutdown({ reason: 'fastify.close()', drainDelayMs: 0 })
   })
   fastify.addHook('onClose', async () => {
+    stopDraining()
     serverClosed()
     if (startedElsewhere) await health.shutdown()
   })

@@ -144,13 +144,31 @@ describe('fastify plugin', () => {
     })
     const url = await app.listen({ port: 0, host: '127.0.0.1' })
     expect((await fetch(`${url}/readyz`)).status).toBe(200)
-    const done = health.shutdown({ drainDelayMs: 50 })
+    const done = health.shutdown({ drainDelayMs: 500 })
     expect((await fetch(`${url}/readyz`)).status).toBe(503)
     expect((await fetch(`${url}/live`)).status).toBe(200)
     const report = await done
     expect(report.clean).toBe(true)
     expect(order).toEqual(['fastify.onClose', 'db.close'])
     await expect(fetch(`${url}/live`)).rejects.toThrow()
+  })
+
+  it('a request in flight when fastify closes still completes', async () => {
+    const health = await healthWith(() => true)
+    const app = Fastify()
+    await app.register(healthPlugin, { health })
+    app.get('/slow', async () => {
+      await new Promise((r) => setTimeout(r, 300))
+      return { done: true }
+    })
+    const url = await app.listen({ port: 0, host: '127.0.0.1' })
+    const slow = fetch(`${url}/slow`)
+    await new Promise((r) => setTimeout(r, 50))
+    const report = await health.shutdown({ drainDelayMs: 0 })
+    const res = await slow
+    expect(res.status).toBe(200)
+    expect(await res.json()).toEqual({ done: true })
+    expect(report.clean).toBe(true)
   })
 
   it('fastify.close() started elsewhere fails readiness and runs health hooks after the server closed', async () => {
