@@ -191,7 +191,7 @@ export function createBreaker(options: BreakerOptions = {}): Breaker {
 
   const move = (to: BreakerState) => {
     if (to === state) return
-    const change = { name, from: state, to }
+    const change: BreakerStateChange = Object.freeze({ name, from: state, to })
     state = to
     publish(channels.breakerState, change)
     changes.emit(change)
