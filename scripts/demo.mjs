@@ -313,10 +313,17 @@ export function perSecond(results, seconds) {
   }))
 }
 
-/** Latency and errors for the results that finished within [from, to) ms. */
+/**
+ * Latency and errors of the requests that started within [from, to) ms: a write that was
+ * held through a failover counts in the phase it was sent in, with its whole wait.
+ */
 export function summarize(results, from, to) {
-  const inside = results.filter((r) => r.t >= from && r.t < to)
+  const inside = results.filter((r) => r.t - r.ms >= from && r.t - r.ms < to)
   const lat = inside.map((r) => r.ms).sort((a, b) => a - b)
+  const wlat = inside
+    .filter((r) => r.kind === 'write')
+    .map((r) => r.ms)
+    .sort((a, b) => a - b)
   const errors = {}
   for (const r of inside) if (!r.ok) errors[r.type] = (errors[r.type] ?? 0) + 1
   return {
@@ -325,6 +332,10 @@ export function summarize(results, from, to) {
     errors,
     p50: percentile(lat, 50),
     p99: percentile(lat, 99),
+    writes: wlat.length,
+    writeP50: percentile(wlat, 50),
+    writeP99: percentile(wlat, 99),
+    writeMax: wlat.length > 0 ? wlat[wlat.length - 1] : Number.NaN,
     rps: inside.length / Math.max(0.001, (to - from) / 1000),
   }
 }
@@ -393,8 +404,13 @@ export function renderTimeline({ buckets, events, title, phases = [] }) {
   const bw = Math.max(1, (W - left - right) / seconds - 1)
   for (const b of buckets) {
     if (b.errors > 0) {
+      // At least 3 px high, with the count on top: a handful of errors stays visible.
+      const yTop = Math.min(y1(b.errors), top + h1 - 3)
       out.push(
-        `<rect x="${x(b.t).toFixed(1)}" y="${y1(b.errors).toFixed(1)}" width="${bw.toFixed(1)}" height="${(top + h1 - y1(b.errors)).toFixed(1)}" fill="#d62728" opacity="0.85"/>`,
+        `<rect x="${x(b.t).toFixed(1)}" y="${yTop.toFixed(1)}" width="${bw.toFixed(1)}" height="${(top + h1 - yTop).toFixed(1)}" fill="#d62728" opacity="0.85"/>`,
+      )
+      out.push(
+        `<text x="${(x(b.t) + bw / 2).toFixed(1)}" y="${(yTop - 3).toFixed(1)}" text-anchor="middle" fill="#d62728" font-size="10">${b.errors}</text>`,
       )
     }
   }
@@ -563,7 +579,12 @@ async function main() {
     const stats0 = await debugStats(app.url)
     load = createLoad({ url: app.url, readers, writers, authors })
     const events = []
-    const snapshots = { start: stats0 }
+    // The app's cache counters, once a second, to split them by phase afterwards.
+    const samples = [{ t: 0, stats: stats0 }]
+    const sampler = setInterval(() => {
+      const t = load.now()
+      debugStats(app.url).then((stats) => stats && samples.push({ t, stats }))
+    }, 1000)
     let phase = 'baseline'
     let oldLeader
     let leaderSeen
@@ -590,7 +611,6 @@ async function main() {
     }
     try {
       await at(killAtS)
-      snapshots.kill = await debugStats(app.url)
       const before = await lab.primary()
       killedAt = load.now()
       oldLeader = await lab.killPrimary()
@@ -610,14 +630,12 @@ async function main() {
         )
       }
       await at(pauseAtS)
-      snapshots.pause = await debugStats(app.url)
       pausedAt = load.now()
       await lab.pauseRedis()
       phase = 'redis paused'
       events.push({ t: pausedAt, label: 'Redis paused (SIGSTOP)', color: '#8c564b' })
       console.log('-- Redis paused (SIGSTOP)')
       await at(resumeAtS)
-      snapshots.resume = await debugStats(app.url)
       resumedAt = load.now()
       await lab.resumeRedis()
       phase = 'redis resumed'
@@ -626,11 +644,15 @@ async function main() {
       await at(endS)
     } finally {
       clearInterval(progress)
+      clearInterval(sampler)
     }
     const endedAt = load.now()
     await load.stop()
     const drainedAt = load.now()
-    snapshots.end = await debugStats(app.url)
+    samples.push({ t: drainedAt, stats: await debugStats(app.url) })
+    samples.sort((a, b) => a.t - b.t)
+    /** The last sample taken at or before t (the first one if none). */
+    const sampleAt = (t) => [...samples].reverse().find((x) => x.t <= t && x.stats) ?? samples[0]
 
     // Acknowledged writes against what the database holds, read on the (new) primary.
     const rows = await lab.sql('SELECT id::text, returned_at IS NOT NULL FROM loans')
@@ -669,14 +691,14 @@ async function main() {
     }
     const failoverEnd = firstWrite?.t ?? leaderSeen?.at ?? killedAt
     const phases = [
-      { name: 'baseline', from: 0, to: killedAt, snap: ['start', 'kill'] },
-      { name: 'primary killed -> first write', from: killedAt, to: failoverEnd, snap: ['kill', 'pause'] },
-      { name: 'after failover', from: failoverEnd, to: pausedAt, snap: ['kill', 'pause'] },
-      { name: 'Redis paused', from: pausedAt, to: resumedAt, snap: ['pause', 'resume'] },
-      { name: 'Redis resumed', from: resumedAt, to: drainedAt + 1, snap: ['resume', 'end'] },
+      { name: 'baseline', from: 0, to: killedAt },
+      { name: 'primary killed -> first write', from: killedAt, to: failoverEnd },
+      { name: 'after failover', from: failoverEnd, to: pausedAt },
+      { name: 'Redis paused', from: pausedAt, to: resumedAt },
+      { name: 'Redis resumed', from: resumedAt, to: drainedAt + 1 },
     ].filter((p) => p.from !== undefined && p.to !== undefined && p.to > p.from)
 
-    const buckets = perSecond(load.results, Math.ceil(endedAt / 1000))
+    const buckets = perSecond(load.results, Math.floor(endedAt / 1000))
     const total = summarize(load.results, 0, Number.POSITIVE_INFINITY)
     const report = {
       date: new Date().toISOString(),
@@ -688,7 +710,7 @@ async function main() {
         fromS: +(p.from / 1000).toFixed(2),
         toS: +(p.to / 1000).toFixed(2),
         ...summarize(load.results, p.from, p.to),
-        cache: cacheDelta(snapshots[p.snap[0]], snapshots[p.snap[1]]),
+        cache: cacheDelta(sampleAt(p.from).stats, sampleAt(p.to).stats),
       })),
       writes: {
         loansAcknowledged: load.acked.size,
@@ -701,7 +723,11 @@ async function main() {
       },
       readYourWrites: load.ryw,
       recovery,
-      cache: { wholeRun: cacheDelta(snapshots.start, snapshots.end), end: snapshots.end?.cache },
+      cache: {
+        wholeRun: cacheDelta(samples[0].stats, samples[samples.length - 1].stats),
+        end: samples[samples.length - 1].stats?.cache,
+      },
+      router: samples[samples.length - 1].stats?.router,
       events: events.map((e) => ({ t: +(e.t / 1000).toFixed(2), label: e.label })),
     }
     const title = `resilient demo: Express library, 3-node Patroni (sync), ${readers}+${writers} clients`
@@ -745,7 +771,7 @@ export function renderReport(report, { png } = {}) {
     const c = p.cache
     const hr = c && c.hits + c.misses > 0 ? `${((100 * c.hits) / (c.hits + c.misses)).toFixed(1)} %` : '-'
     lines.push(
-      `| ${p.name} | ${p.fromS} s | ${p.toS} s | ${p.requests} | ${p.rps.toFixed(0)} | ${errors} | ${fmtMs(p.p50)} | ${fmtMs(p.p99)} | ${hr} | ${c?.stale ?? '-'} |`,
+      `| ${p.name} | ${p.fromS} s | ${p.toS} s | ${p.requests} | ${p.rps.toFixed(0)} | ${errors} | ${fmtMs(p.p50)} | ${fmtMs(p.p99)} | ${p.writes} | ${fmtMs(p.writeP50)} | ${fmtMs(p.writeP99)} | ${fmtMs(p.writeMax)} | ${hr} | ${c?.stale ?? '-'} |`,
     )
   }
   lines.push('')

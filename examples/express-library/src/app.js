@@ -65,14 +65,14 @@ export function createApp({ db, cache, health, exposeDebug = false }) {
 
   // Express 5 passes a rejected handler's error here.
   app.use(
-    /** @type {import('express').ErrorRequestHandler} */ (err, _req, res, _next) => {
+    /** @type {import('express').ErrorRequestHandler} */ (err, req, res, _next) => {
       if (err?.expose === true && err.status >= 400 && err.status < 500) {
         // express.json(): a malformed or oversized body.
         res.status(err.status).json({ error: 'BAD_REQUEST', message: err.message })
         return
       }
       const { status, body, retryAfter } = toHttpError(err)
-      if (status >= 500 && body.error === 'INTERNAL') console.error('request failed', err)
+      if (status >= 500 && body.error === 'INTERNAL') console.error(`${req.method} ${req.path} failed:`, err)
       if (retryAfter !== undefined) res.set('retry-after', String(retryAfter))
       res.status(status).json(body)
     },

@@ -1,0 +1,52 @@
+// Wires the SDK together and serves the app. `node src/server.js` runs it from environment
+// variables (see config.js); tests and the demo call start() with a config of their own.
+import { pathToFileURL } from 'node:url'
+import { createCache } from '@resilient/cache'
+import { createHealth } from '@resilient/health'
+import { createPgRouter } from '@resilient/pg-router'
+import { createApp } from './app.js'
+import { configFromEnv } from './config.js'
+
+/**
+ * Builds the router, the cache and the health state, and listens.
+ * @param {import('./config.js').LibraryConfig} config
+ */
+export async function start(config) {
+  const db = createPgRouter({
+    ...(config.patroni ? { patroni: config.patroni } : { hosts: config.hosts }),
+    connection: config.connection,
+    ...(config.poolMax === undefined ? {} : { pool: { max: config.poolMax } }),
+  })
+  const cache = createCache({ redis: config.redis, namespace: 'library' })
+  const health = createHealth({
+    checks: {
+      // Without Postgres nothing works: not ready. Without Redis the cache serves from its
+      // in-process L1 and from Postgres: still ready, reported as `warn`.
+      postgres: { check: db.check, critical: true },
+      redis: { check: cache.check, critical: false },
+    },
+    ...(config.drainDelayMs === undefined ? {} : { drainDelayMs: config.drainDelayMs }),
+    // Closed on shutdown, after Fastify has drained and closed.
+    resources: { postgres: () => db.close(), redis: () => cache.close() },
+  })
+
+  const app = await createApp({ db, cache, health, exposeDebug: config.exposeDebug })
+  await app.listen({ port: config.port, host: config.host })
+  const address = /** @type {import('node:net').AddressInfo} */ (app.server.address())
+  return {
+    url: `http://127.0.0.1:${address.port}`,
+    app,
+    db,
+    cache,
+    health,
+    /** Readiness fails at once; after drainDelayMs Fastify closes; then the pools and Redis. @param {{ drainDelayMs?: number }} [options] */
+    close: (options) => health.shutdown(options),
+  }
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  const service = await start(configFromEnv())
+  // SIGTERM (Kubernetes) and SIGINT (Ctrl-C): drain, close, exit 0 (1 if something did not close).
+  service.health.handleSignals()
+  console.log(`library listening on ${service.url}`)
+}
