@@ -33,6 +33,7 @@ import {
   checkCallerClient,
   createOwnedClient,
   createSubscriber,
+  DeadlineGuard,
   defineScripts,
   isReady,
   isRedisClient,
@@ -155,8 +156,15 @@ interface Outcome {
   source: 'l2' | 'load' | 'stale'
 }
 
-interface Flight {
+/** A load (or L2 read) in progress for a key: its callers share it; it is its own race ticket. */
+interface Flight extends Ticket {
   promise: Promise<Outcome>
+}
+
+interface Lookup {
+  entry: Entry | undefined
+  generation: string
+  lease: boolean
 }
 
 interface CallOptions {
@@ -183,6 +191,8 @@ class CacheImpl implements Cache {
   readonly #owned: boolean
   readonly #sub: RedisClient | undefined
   readonly #breaker: Breaker
+  readonly #deadlines: DeadlineGuard
+  readonly #defaultCall: CallOptions
   readonly #guard = new FillGuard()
   readonly #flights = new Map<string, Flight>()
   readonly #pending = new Set<Promise<unknown>>()
@@ -232,6 +242,13 @@ class CacheImpl implements Cache {
       })
     }
     this.#breaker = createBreaker({ ...o.breaker })
+    this.#deadlines = new DeadlineGuard(o.redisTimeoutMs)
+    this.#defaultCall = Object.freeze({
+      ttlMs: o.ttlMs,
+      graceMs: o.graceMs,
+      tags: undefined,
+      signal: undefined,
+    })
     if (o.redis === false) {
       this.#owned = false
       return
@@ -315,22 +332,41 @@ class CacheImpl implements Cache {
   }
 
   #startFlight(key: string, loader: Loader<unknown>, opts: CallOptions, staleL1: Entry | undefined): Flight {
-    const ticket = this.#guard.register(key, opts.tags)
-    const flight: Flight = { promise: undefined as unknown as Promise<Outcome> }
+    const flight: Flight = {
+      key,
+      tags: opts.tags,
+      invalidated: false,
+      promise: undefined as unknown as Promise<Outcome>,
+    }
     let finished = false
     const finish = () => {
       if (finished) return
       finished = true
-      this.#guard.release(ticket)
       if (this.#flights.get(key) === flight) this.#flights.delete(key)
     }
     this.#flights.set(key, flight)
-    flight.promise = this.#runFlight(key, loader, opts, staleL1, ticket, flight, finish)
-    flight.promise.catch(finish)
+    flight.promise = this.#runFlight(key, loader, opts, staleL1, flight, flight, finish)
     return flight
   }
 
   async #runFlight(
+    key: string,
+    loader: Loader<unknown>,
+    opts: CallOptions,
+    staleL1: Entry | undefined,
+    ticket: Ticket,
+    flight: Flight,
+    finish: () => void,
+  ): Promise<Outcome> {
+    try {
+      return await this.#flightBody(key, loader, opts, staleL1, ticket, flight, finish)
+    } catch (err) {
+      finish()
+      throw err
+    }
+  }
+
+  async #flightBody(
     key: string,
     loader: Loader<unknown>,
     opts: CallOptions,
@@ -533,8 +569,7 @@ class CacheImpl implements Cache {
       tags: opts.tags,
       size: payload.length,
     }
-    this.#guard.invalidateKey(key)
-    this.#flights.delete(key)
+    this.#invalidateInFlight(key)
     this.#putL1(key, entry, undefined)
     if (!this.#client) return
     const px = opts.ttlMs + opts.graceMs
@@ -581,6 +616,12 @@ class CacheImpl implements Cache {
     this.#checkOpen()
     this.#checkTag(tag, 'deleteByTag tag')
     const local = new Set(this.#guard.invalidateTag(tag))
+    for (const [key, flight] of this.#flights) {
+      if (flight.tags?.includes(tag)) {
+        flight.invalidated = true
+        local.add(key)
+      }
+    }
     if (this.#l1) {
       for (const [k, e] of this.#l1.entries()) if (e.tags?.includes(tag)) local.add(k)
     }
@@ -617,11 +658,20 @@ class CacheImpl implements Cache {
   #invalidateLocal(keys: readonly string[], source: InvalidationEvent['source']): void {
     for (const key of keys) {
       this.#l1?.delete(key)
-      this.#guard.invalidateKey(key)
-      this.#flights.delete(key)
+      this.#invalidateInFlight(key)
     }
     publish(channels.invalidate, { namespace: this.namespace, keys, source })
     this.#invalidationEvents.emit({ keys, source })
+  }
+
+  /** Marks in-flight reads and loads of `key` so that their results are not stored; new callers start afresh. */
+  #invalidateInFlight(key: string): void {
+    this.#guard.invalidateKey(key)
+    const flight = this.#flights.get(key)
+    if (flight) {
+      flight.invalidated = true
+      this.#flights.delete(key)
+    }
   }
 
   #message(keys: readonly string[]): string {
@@ -673,6 +723,7 @@ class CacheImpl implements Cache {
     const keys = this.#l1 ? [...this.#l1.keys()] : []
     this.#l1?.clear()
     this.#guard.invalidateAll()
+    for (const flight of this.#flights.values()) flight.invalidated = true
     this.#flights.clear()
     publish(channels.invalidate, { namespace: this.namespace, keys, source: 'resync' })
     this.#invalidationEvents.emit({ keys, source: 'resync' })
@@ -690,22 +741,22 @@ class CacheImpl implements Cache {
   }
 
   /** Reads value + generation (and takes the lease if asked and the value is not fresh): one round trip. */
-  async #lookup(
-    key: string,
-    timeoutMs: number,
-    leaseToken: string,
-  ): Promise<{ entry: Entry | undefined; generation: string; lease: boolean } | undefined> {
-    const k = this.#keys(key)
+  #lookup(key: string, timeoutMs: number, leaseToken: string): Promise<Lookup | undefined> {
+    const base = `${this.namespace}:{${key}}`
     const r = leaseToken
-      ? await this.#op('lookup', timeoutMs, () =>
+      ? this.#op('lookup', timeoutMs, () =>
           runScript(
             this.#client!,
             'lookupLease',
-            [k.value, k.generation, k.lease],
+            [`${base}:v`, `${base}:g`, `${base}:l`],
             [Date.now(), leaseToken, (this.#o.lease as { ttlMs: number }).ttlMs],
           ),
         )
-      : await this.#op('lookup', timeoutMs, () => this.#client!.mget(k.value, k.generation))
+      : this.#op('lookup', timeoutMs, () => this.#client!.mget(`${base}:v`, `${base}:g`))
+    return r.then(this.#decodeLookup)
+  }
+
+  #decodeLookup = (r: OpResult<unknown>): Lookup | undefined => {
     if (!r.ok) return undefined
     const [raw, gen, lease] = r.value as [string | null, string | null, number | undefined]
     let entry: Entry | undefined
@@ -746,7 +797,9 @@ class CacheImpl implements Cache {
     return this.#breaker
       .execute(() => {
         this.#s.redisCommands++
-        return bounded(fn, timeoutMs, operation)
+        return timeoutMs === this.#o.redisTimeoutMs
+          ? this.#deadlines.run(fn, operation)
+          : bounded(fn, timeoutMs, operation)
       })
       .then(
         (value): OpResult<T> => ({ ok: true, value }),
@@ -848,9 +901,7 @@ class CacheImpl implements Cache {
   }
 
   #callOptions(options: GetOrLoadOptions | undefined): CallOptions {
-    if (options === undefined) {
-      return { ttlMs: this.#o.ttlMs, graceMs: this.#o.graceMs, tags: undefined, signal: undefined }
-    }
+    if (options === undefined) return this.#defaultCall
     const o = checkObject(options, 'options')
     checkKnownKeys(o, 'options', ['ttlMs', 'graceMs', 'tags', 'signal'])
     const ttlMs = o.ttlMs === undefined ? this.#o.ttlMs : checkTtl(o.ttlMs, 'options.ttlMs')
@@ -922,6 +973,7 @@ class CacheImpl implements Cache {
     this.#closeController.abort(new ResilientError('E_SHUTTING_DOWN', 'the cache was closed'))
     await this.flush()
     this.#breaker.shutdown()
+    this.#deadlines.stop()
     for (const fn of this.#cleanup) fn()
     this.#sub?.disconnect()
     if (this.#client && this.#owned) {

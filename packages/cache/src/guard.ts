@@ -12,36 +12,40 @@ export interface Ticket {
 }
 
 export class FillGuard {
-  readonly #byKey = new Map<string, Set<Ticket>>()
+  /** One ticket, or several when a get() and a load of the same key overlap. */
+  readonly #byKey = new Map<string, Ticket | Ticket[]>()
 
   register(key: string, tags: readonly string[] | undefined): Ticket {
     const ticket: Ticket = { key, tags, invalidated: false }
-    let set = this.#byKey.get(key)
-    if (!set) {
-      set = new Set()
-      this.#byKey.set(key, set)
-    }
-    set.add(ticket)
+    const held = this.#byKey.get(key)
+    if (held === undefined) this.#byKey.set(key, ticket)
+    else if (Array.isArray(held)) held.push(ticket)
+    else this.#byKey.set(key, [held, ticket])
     return ticket
   }
 
   release(ticket: Ticket): void {
-    const set = this.#byKey.get(ticket.key)
-    if (!set) return
-    set.delete(ticket)
-    if (set.size === 0) this.#byKey.delete(ticket.key)
+    const held = this.#byKey.get(ticket.key)
+    if (held === ticket) this.#byKey.delete(ticket.key)
+    else if (Array.isArray(held)) {
+      const i = held.indexOf(ticket)
+      if (i >= 0) held.splice(i, 1)
+      if (held.length === 0) this.#byKey.delete(ticket.key)
+    }
   }
 
   invalidateKey(key: string): void {
-    const set = this.#byKey.get(key)
-    if (set) for (const t of set) t.invalidated = true
+    const held = this.#byKey.get(key)
+    if (held === undefined) return
+    if (Array.isArray(held)) for (const t of held) t.invalidated = true
+    else held.invalidated = true
   }
 
   /** Marks the tickets carrying `tag`; returns their keys. */
   invalidateTag(tag: string): string[] {
     const keys: string[] = []
-    for (const [key, set] of this.#byKey) {
-      for (const t of set) {
+    for (const [key, held] of this.#byKey) {
+      for (const t of Array.isArray(held) ? held : [held]) {
         if (t.tags?.includes(tag)) {
           t.invalidated = true
           keys.push(key)
@@ -52,7 +56,10 @@ export class FillGuard {
   }
 
   invalidateAll(): void {
-    for (const set of this.#byKey.values()) for (const t of set) t.invalidated = true
+    for (const held of this.#byKey.values()) {
+      if (Array.isArray(held)) for (const t of held) t.invalidated = true
+      else held.invalidated = true
+    }
   }
 
   get size(): number {

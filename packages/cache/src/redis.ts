@@ -126,14 +126,7 @@ export function createSubscriber(client: RedisClient): RedisClient {
  */
 export function bounded<T>(fn: () => Promise<T>, ms: number, operation: string): Promise<T> {
   return new Promise<T>((resolve, reject) => {
-    const timer = setTimeout(() => {
-      reject(
-        new ResilientError('E_TIMEOUT', `redis ${operation} timed out after ${Math.round(ms)} ms`, {
-          noStack: true,
-          details: { timeoutMs: ms, operation },
-        }),
-      )
-    }, ms)
+    const timer = setTimeout(() => reject(timeoutError(ms, operation)), ms)
     let work: Promise<T>
     try {
       work = fn()
@@ -152,6 +145,104 @@ export function bounded<T>(fn: () => Promise<T>, ms: number, operation: string):
         reject(err)
       },
     )
+  })
+}
+
+interface PendingOp {
+  deadline: number
+  reject: (err: unknown) => void
+  done: boolean
+  operation: string
+}
+
+/**
+ * The cache's own timer guard for Redis operations that all share one timeout: a FIFO of
+ * deadlines with a single timer armed for the oldest (equal timeouts make FIFO order
+ * deadline order). Per operation this costs an array push instead of a timer; the timer
+ * rejects each operation at its own deadline, to the millisecond.
+ */
+export class DeadlineGuard {
+  readonly #ms: number
+  #queue: PendingOp[] = []
+  #head = 0
+  #timer: NodeJS.Timeout | undefined
+
+  constructor(ms: number) {
+    this.#ms = ms
+  }
+
+  run<T>(fn: () => Promise<T>, operation: string): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      const op: PendingOp = { deadline: performance.now() + this.#ms, reject, done: false, operation }
+      this.#queue.push(op)
+      if (this.#timer === undefined) this.#arm(op.deadline)
+      let work: Promise<T>
+      try {
+        work = fn()
+      } catch (err) {
+        op.done = true
+        reject(err)
+        return
+      }
+      work.then(
+        (v) => {
+          if (op.done) return
+          op.done = true
+          resolve(v)
+        },
+        (err) => {
+          if (op.done) return
+          op.done = true
+          reject(err)
+        },
+      )
+    })
+  }
+
+  #arm(deadline: number): void {
+    this.#timer = setTimeout(this.#sweep, Math.max(0, Math.ceil(deadline - performance.now())))
+  }
+
+  #sweep = (): void => {
+    this.#timer = undefined
+    const now = performance.now()
+    const q = this.#queue
+    let head = this.#head
+    while (head < q.length) {
+      const op = q[head]!
+      if (op.done) {
+        head++
+        continue
+      }
+      if (op.deadline > now + 0.5) break
+      op.done = true
+      head++
+      op.reject(timeoutError(this.#ms, op.operation))
+    }
+    if (head >= q.length) {
+      this.#queue = []
+      this.#head = 0
+      return
+    }
+    if (head > 1024) {
+      this.#queue = q.slice(head)
+      head = 0
+    }
+    this.#head = head
+    this.#arm(this.#queue[head]!.deadline)
+  }
+
+  /** Rejects nothing further and drops the timer (close()). */
+  stop(): void {
+    if (this.#timer) clearTimeout(this.#timer)
+    this.#timer = undefined
+  }
+}
+
+function timeoutError(ms: number, operation: string): ResilientError {
+  return new ResilientError('E_TIMEOUT', `redis ${operation} timed out after ${Math.round(ms)} ms`, {
+    noStack: true,
+    details: { timeoutMs: ms, operation },
   })
 }
 
