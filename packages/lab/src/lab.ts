@@ -177,7 +177,8 @@ export class Lab {
     this.baseDir = state.baseDir
     this.#log = opts.log ?? (() => {})
     this.#readyTimeoutMs = opts.readyTimeoutMs ?? 90_000
-    this.#runAs = postgresUser()
+    // Only etcd and Patroni need the postgres user; a Redis-only lab runs without it.
+    this.#runAs = state.members.length > 0 ? postgresUser() : undefined
     this.#owned = opts.owned ?? false
     if (this.#owned) {
       ownedLabs.add(this)
@@ -1097,7 +1098,7 @@ export async function startLab(options: LabOptions = {}): Promise<Lab> {
   if (nodes === 0 && !redis) throw new Error('nothing to start: nodes is 0 and redis is false')
 
   ensurePackages(requirements({ nodes, redis, sentinel }), log)
-  const runAs = postgresUser()
+  const runAs = nodes > 0 ? postgresUser() : undefined
 
   let baseDir: string
   if (options.baseDir) {
