@@ -39,7 +39,14 @@ import {
   WATCHDOG_SOURCE,
 } from './procs.js'
 import { parseInfo, RespError, type RespValue, redisCommand } from './resp.js'
-import { type LabState, type MemberState, type RedisNodeState, STATE_VERSION, writeState } from './state.js'
+import {
+  type LabState,
+  type MemberState,
+  type RedisNodeState,
+  readState,
+  STATE_VERSION,
+  writeState,
+} from './state.js'
 import { errorMessage, isProcessAlive, readPostmasterPid, signalTree, waitFor, waitForExit } from './util.js'
 
 export interface LabOptions {
@@ -196,6 +203,7 @@ export class Lab {
 
   /** A copy of the state (what lab.json holds). */
   get state(): LabState {
+    this.#refresh()
     return structuredClone(this.#state)
   }
 
@@ -231,11 +239,13 @@ export class Lab {
 
   /** The Redis server believed to be the primary (updated by waitForRedisFailover()). */
   get redis(): RedisAddress {
+    this.#refresh()
     const node = this.#redisPrimaryNode()
     return { host: HOST, port: node?.port ?? 0 }
   }
 
   get redisNodes(): Array<RedisAddress & { name: string; pid?: number }> {
+    this.#refresh()
     return this.#state.redis.map((r) => ({
       name: r.name,
       host: HOST,
@@ -252,11 +262,13 @@ export class Lab {
 
   /** Every PID this lab started (servers, watchdog), alive or not. */
   pids(): number[] {
+    this.#refresh()
     return [...this.#state.startedPids]
   }
 
   /** PIDs of the postmasters running now (started by Patroni, not by the lab). */
   postmasterPids(): number[] {
+    this.#refresh()
     return serverPids(this.#state).postmasters
   }
 
@@ -387,6 +399,7 @@ export class Lab {
    * stops PostgreSQL (fast mode) and hands the leader key over if it held it.
    */
   async stopMember(name: string, opts: { graceful?: boolean; timeoutMs?: number } = {}): Promise<void> {
+    this.#refresh()
     const member = this.#member(name)
     const pm = readPostmasterPid(member.dataDir)
     const postmaster = pm && isProcessAlive(pm.pid) ? pm.pid : undefined
@@ -417,6 +430,7 @@ export class Lab {
    * Resolves when /cluster shows it running (`wait: false`: as soon as the process exists).
    */
   async startMember(name: string, opts: { wait?: boolean; timeoutMs?: number } = {}): Promise<void> {
+    this.#refresh()
     const member = this.#member(name)
     if (member.pid && isProcessAlive(member.pid))
       throw new Error(`member ${name} is already running (pid ${member.pid})`)
@@ -528,6 +542,7 @@ export class Lab {
 
   /** SIGSTOP the Redis primary: it still accepts TCP connections but never answers. */
   async pauseRedis(): Promise<void> {
+    this.#refresh()
     const node = this.#requireRedisPrimary()
     if (!node.pid) throw new Error(`${node.name} is not running`)
     process.kill(node.pid, 'SIGSTOP')
@@ -535,6 +550,7 @@ export class Lab {
   }
 
   async resumeRedis(): Promise<void> {
+    this.#refresh()
     const node = this.#requireRedisPrimary()
     if (!node.pid) throw new Error(`${node.name} is not running`)
     process.kill(node.pid, 'SIGCONT')
@@ -543,16 +559,19 @@ export class Lab {
 
   /** kill -9 the Redis primary. */
   async killRedis(): Promise<void> {
+    this.#refresh()
     await this.#killRedisNode(this.#requireRedisPrimary())
   }
 
   /** Starts the Redis primary again on the same port with the same folder; resolves when it answers PING. */
   async restartRedis(): Promise<void> {
+    this.#refresh()
     await this.#restartRedisNode(this.#requireRedisPrimary())
   }
 
   /** Starts any stopped Redis server of the lab again (by name, e.g. 'redis0' or 'redis1'). */
   async restartRedisNode(name: string): Promise<void> {
+    this.#refresh()
     const node = this.#state.redis.find((r) => r.name === name)
     if (!node) throw new Error(`no such Redis server: ${name}`)
     await this.#restartRedisNode(node)
@@ -572,6 +591,7 @@ export class Lab {
 
   /** Sentinel mode: kill -9 the server the sentinels call master. Returns its address. */
   async killRedisPrimary(): Promise<RedisAddress & { name: string }> {
+    this.#refresh()
     const addr = await this.sentinelMaster()
     const node = this.#state.redis.find((r) => r.port === addr.port)
     if (!node) throw new Error(`the sentinels' master ${addr.host}:${addr.port} is not a server of this lab`)
@@ -604,6 +624,7 @@ export class Lab {
    * Updates lab.redis.
    */
   async waitForRedisFailover(opts: { not?: number; timeoutMs?: number } = {}): Promise<RedisAddress> {
+    this.#refresh()
     const s = this.#state.sentinel
     if (!s) throw new Error('this lab has no sentinels (start it with sentinel: true)')
     const oldPort = opts.not ?? this.redis.port
@@ -733,6 +754,7 @@ export class Lab {
    */
   async down(): Promise<void> {
     if (this.#down) return
+    this.#refresh()
     this.#down = true
     const alive = await teardown(this.#state, this.#log)
     ownedLabs.delete(this)
@@ -744,6 +766,7 @@ export class Lab {
   /** Synchronous kill -9 of everything (process exit hooks). Prefer down(). */
   killNow(): void {
     if (this.#down) return
+    this.#refresh()
     this.#down = true
     killLabSync(this.#state)
     ownedLabs.delete(this)
@@ -932,6 +955,21 @@ export class Lab {
   /** @internal Writes lab.json. */
   save(): void {
     this.#save()
+  }
+
+  /**
+   * Re-reads lab.json: another process may have changed the lab (a test worker that restarted
+   * a member of a lab started in globalSetup, or a CLI chaos verb), and every Lab saves after
+   * each change, so the file is the truth about PIDs and the Redis primary.
+   */
+  #refresh(): void {
+    if (this.#down) return
+    try {
+      const disk = readState(this.baseDir)
+      if (disk.baseDir === this.baseDir && disk.scope === this.#state.scope) this.#state = disk
+    } catch {
+      // no file (removed by down() elsewhere): keep what we know
+    }
   }
 
   #save(): void {

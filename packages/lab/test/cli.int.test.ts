@@ -3,7 +3,7 @@ import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, wr
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { isProcessAlive, type LabState } from '@resilient/lab'
+import { isProcessAlive, type LabState, redisCommand, startLab } from '@resilient/lab'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
 // These tests run the built package (dist/), the way a user's CI or shell would.
@@ -145,6 +145,37 @@ describe('resilient-lab CLI', () => {
       expect(hidden.code).toBe(1)
       expect(hidden.stderr).toContain('cannot reach')
       expect(existsSync(join(work, 'private/lab'))).toBe(false)
+    }
+  })
+})
+
+describe('a lab driven from another process (globalSetup owns it, a worker does chaos)', () => {
+  it('down() in the owner also ends servers the other process restarted', async () => {
+    const lab = await startLab({ nodes: 0 })
+    try {
+      const file = join(work, 'worker.mjs')
+      writeFileSync(
+        file,
+        `import { Lab, readState } from ${JSON.stringify(distIndex)}
+        const lab = Lab.fromState(readState(${JSON.stringify(lab.baseDir)}))
+        await lab.restartRedis()
+        process.stdout.write(JSON.stringify(lab.redisNodes[0].pid))
+        process.exit(0)`,
+      )
+      const before = lab.redisNodes[0]!.pid!
+      const out = execFileSync(process.execPath, [file], { encoding: 'utf8' })
+      const restarted = Number(out)
+      expect(restarted).not.toBe(before)
+      expect(isProcessAlive(before)).toBe(false)
+      expect(isProcessAlive(restarted)).toBe(true)
+      // The owner's view follows lab.json.
+      expect(lab.redisNodes[0]!.pid).toBe(restarted)
+      expect(lab.pids()).toContain(restarted)
+      expect(await redisCommand(lab.redis.port, ['PING'])).toBe('PONG')
+      await lab.down()
+      expect(isProcessAlive(restarted)).toBe(false)
+    } finally {
+      await lab.down()
     }
   })
 })
