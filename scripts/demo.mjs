@@ -352,7 +352,7 @@ const esc = (s) =>
  * second (red bars), acknowledged writes per second (line, right axis) in the top panel;
  * p99 latency per second (log scale) in the bottom panel; each fault a labelled vertical line.
  */
-export function renderTimeline({ buckets, events, title, phases = [] }) {
+export function renderTimeline({ buckets, events, title, phases = [], notReady = [] }) {
   const W = 1100
   const left = 70
   const right = 70
@@ -386,6 +386,19 @@ export function renderTimeline({ buckets, events, title, phases = [] }) {
       )
     }
   })
+  // Spans in which GET /ready answered 503: a band under the top panel.
+  for (const span of notReady) {
+    const x0 = x(span.fromS)
+    const x1 = Math.max(x0 + 3, x(span.toS + 1))
+    out.push(
+      `<rect x="${x0.toFixed(1)}" y="${top + h1 + 4}" width="${(x1 - x0).toFixed(1)}" height="8" fill="#ff7f0e"/>`,
+    )
+  }
+  if (notReady.length > 0) {
+    out.push(
+      `<text x="${left}" y="${top + h1 + 26}" fill="#ff7f0e" font-size="11">orange band: /ready answered 503</text>`,
+    )
+  }
   // Axes and grid, top panel.
   for (let i = 0; i <= 4; i++) {
     const v = (maxRps / 4) * i
@@ -515,6 +528,29 @@ export async function watchForNewLeader(
   return undefined
 }
 
+/** Readiness samples -> how many answered 200 / 503, and the spans of 503. */
+function readinessSummary(samples) {
+  const sorted = [...samples].sort((a, b) => a.t - b.t)
+  const spans = []
+  let open
+  for (const s of sorted) {
+    if (s.status !== 200 && !open) open = { fromS: +(s.t / 1000).toFixed(1), toS: +(s.t / 1000).toFixed(1) }
+    else if (s.status !== 200 && open) open.toS = +(s.t / 1000).toFixed(1)
+    else if (s.status === 200 && open) {
+      spans.push(open)
+      open = undefined
+    }
+  }
+  if (open) spans.push(open)
+  return {
+    samples: sorted.length,
+    ready: sorted.filter((s) => s.status === 200).length,
+    warn: sorted.filter((s) => s.status === 200 && s.body === 'warn').length,
+    notReady: sorted.filter((s) => s.status !== 200).length,
+    notReadySpans: spans,
+  }
+}
+
 async function debugStats(url) {
   const res = await request(url, 'GET', '/debug/stats', { timeoutMs: 5000 }).catch(() => undefined)
   return res?.status === 200 ? res.json : undefined
@@ -581,9 +617,15 @@ async function main() {
     const events = []
     // The app's cache counters, once a second, to split them by phase afterwards.
     const samples = [{ t: 0, stats: stats0 }]
+    // And what the readiness probe answers, as Kubernetes would see it (every second).
+    const readiness = []
     const sampler = setInterval(() => {
       const t = load.now()
       debugStats(app.url).then((stats) => stats && samples.push({ t, stats }))
+      request(app.url, 'GET', '/ready', { timeoutMs: 1000 }).then(
+        (res) => readiness.push({ t, status: res.status, body: res.json?.status }),
+        () => readiness.push({ t, status: 0 }),
+      )
     }, 1000)
     let phase = 'baseline'
     let oldLeader
@@ -728,10 +770,11 @@ async function main() {
         end: samples[samples.length - 1].stats?.cache,
       },
       router: samples[samples.length - 1].stats?.router,
+      readiness: readinessSummary(readiness),
       events: events.map((e) => ({ t: +(e.t / 1000).toFixed(2), label: e.label })),
     }
     const title = `resilient demo: Express library, 3-node Patroni (sync), ${readers}+${writers} clients`
-    const svg = renderTimeline({ buckets, events, title, phases })
+    const svg = renderTimeline({ buckets, events, title, phases, notReady: report.readiness.notReadySpans })
     writeFileSync(join(outDir, 'timeline.svg'), svg)
     const png = svgToPng(join(outDir, 'timeline.svg'))
     writeFileSync(join(outDir, 'report.json'), `${JSON.stringify(report, null, 2)}\n`)
@@ -763,9 +806,9 @@ export function renderReport(report, { png } = {}) {
   )
   lines.push('')
   lines.push(
-    '| phase | from | to | requests | req/s | errors | p50 ms | p99 ms | cache hit ratio | stale serves |',
+    '| phase (by send time) | from | to | requests | req/s | errors | p50 ms | p99 ms | writes | write p50 ms | write p99 ms | write max ms | cache hit ratio | stale serves |',
   )
-  lines.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
+  lines.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
   for (const p of report.phases) {
     const errors = Object.values(p.errors).reduce((a, b) => a + b, 0)
     const c = p.cache
@@ -776,7 +819,8 @@ export function renderReport(report, { png } = {}) {
   }
   lines.push('')
   lines.push(
-    "Cache figures are deltas of `cache.stats()` between fault moments (from the app's /debug/stats).",
+    'Requests count in the phase they were sent in: a write held through the failover counts there, with its whole wait. ' +
+      "Cache figures are deltas of the app's `cache.stats()`, sampled once a second from /debug/stats.",
   )
   lines.push('')
   lines.push('Errors by type:')
@@ -801,6 +845,16 @@ export function renderReport(report, { png } = {}) {
     `Failover: primary ${r.oldLeader} killed; new leader ${r.newLeader ?? '?'} visible in /cluster after ${s(r.killToNewLeaderMs)}; ` +
       `first acknowledged write ${s(r.killToFirstWriteMs)} after the kill, ${s(r.newLeaderToFirstWriteMs)} after the new leader was visible.`,
   )
+  const rd = report.readiness
+  if (rd) {
+    lines.push(
+      `Readiness (GET /ready once a second): ${rd.ready} of ${rd.samples} answers 200 (${rd.warn} of them 'warn'), ${rd.notReady} answered 503` +
+        (rd.notReadySpans.length
+          ? ` (${rd.notReadySpans.map((x) => `${x.fromS} to ${x.toS} s`).join(', ')})`
+          : '') +
+        '.',
+    )
+  }
   const c = report.cache.wholeRun
   if (c) {
     const hr = c.hits + c.misses > 0 ? ((100 * c.hits) / (c.hits + c.misses)).toFixed(1) : '-'
