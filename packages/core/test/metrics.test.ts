@@ -234,6 +234,23 @@ describe('metrics with a MeterProvider', () => {
     ])
   })
 
+  it('picks up a global MeterProvider registered after instruments were first made', async () => {
+    const otel = await import('@opentelemetry/api')
+    metrics.setMeterProvider(undefined)
+    metrics.recordOperation({ system: 'redis', durationSeconds: 0.001 }) // made against the no-op meter
+    expect(metrics.active).toBe(false)
+    const late = fakeProvider()
+    expect(otel.metrics.setGlobalMeterProvider(late.provider as never)).toBe(true)
+    try {
+      metrics.recordOperation({ system: 'redis', operation: 'GET', durationSeconds: 0.002 })
+      expect(metrics.active).toBe(true)
+      expect(late.instruments.get(metricNames.operationDuration)!.values).toHaveLength(1)
+    } finally {
+      otel.metrics.disable()
+    }
+    expect(metrics.active).toBe(false)
+  })
+
   it('a provider that throws never breaks the caller', async () => {
     metrics.setMeterProvider({
       getMeter: () => {
