@@ -104,6 +104,8 @@ export interface CacheStats {
   redisCommands: number
   redisErrors: number
   redisTimeouts: number
+  /** 'error' events of the connections (refused, reset...): reported, never thrown. */
+  connectionErrors: number
   /** Redis operations not attempted: breaker open, or client not connected. */
   redisSkipped: number
   /** Fills not stored because the key was invalidated while it loaded. */
@@ -221,6 +223,7 @@ class CacheImpl implements Cache {
     redisCommands: 0,
     redisErrors: 0,
     redisTimeouts: 0,
+    connectionErrors: 0,
     redisSkipped: 0,
     fillsDiscarded: 0,
     invalidationsReceived: 0,
@@ -826,6 +829,7 @@ class CacheImpl implements Cache {
 
   #listenErrors(client: RedisClient, role: string): void {
     const onError = (err: unknown) => {
+      this.#s.connectionErrors++
       publish(channels.redisError, {
         namespace: this.namespace,
         operation: role,

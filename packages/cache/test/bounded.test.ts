@@ -127,5 +127,7 @@ describe('a Redis that is not there', () => {
     expect(performance.now() - t0).toBeLessThan(TIMEOUT)
     expect(c.stats().redisCommands).toBe(0)
     expect((await c.check()).status).toBe('warn')
+    // connection refusals are counted, never thrown as unhandled 'error' events
+    await until(() => c.stats().connectionErrors > 0)
   })
 })

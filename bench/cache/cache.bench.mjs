@@ -1,0 +1,244 @@
+/**
+ * @resilient/cache side by side with raw ioredis, bentocache 1.6 and cache-manager 7
+ * (@keyv/redis), against one real Redis from the lab, in ONE run, interleaved rounds:
+ *   A. L2 hit (a Redis round trip + JSON.parse; no L1 anywhere) vs raw `ioredis.get` + `JSON.parse`
+ *   B. L1 hit (in-process) vs a bare lru-cache get
+ *   C. miss + load + write-back (the caller waits for the write-back in every library, ours included)
+ *   D. added latency while the breaker is open (Redis SIGSTOPped): per-call times of
+ *      `getOrLoad` on a miss vs calling the loader directly, interleaved call by call.
+ *
+ * Run:  npx tsc -b packages/cache packages/lab && node --expose-gc bench/cache/cache.bench.mjs
+ * Env:  ROUNDS (default 12), REDIS_ITERATIONS (default 2000), MEMORY_ITERATIONS (default 20000),
+ *       OPEN_CALLS (default 20000)
+ * Out:  markdown tables on stdout and bench/out/cache.json
+ *
+ * Configured comparably: the same value (a ~1 KB JSON object), the same Redis, TTL 60 s;
+ * bentocache and cache-manager with their defaults otherwise. Our cache runs with its
+ * defaults (breaker, 100 ms bound, generation check on fills).
+ */
+import { createRequire } from 'node:module'
+import { createCache as createCacheManager } from 'cache-manager'
+import { BentoCache, bentostore } from 'bentocache'
+import { memoryDriver } from 'bentocache/drivers/memory'
+import { redisDriver } from 'bentocache/drivers/redis'
+import { Redis } from 'ioredis'
+import KeyvRedis from '@keyv/redis'
+import { Keyv } from 'keyv'
+import { createCache } from '../../packages/cache/dist/index.js'
+import { startLab } from '../../packages/lab/dist/index.js'
+import { fmtNs, markdownTable, percentile, ratio, rounds, summarize, writeJson } from '../lib/measure.mjs'
+
+// lru-cache is a dependency of @resilient/cache, not of bench/: resolve it from there.
+const { LRUCache } = createRequire(new URL('../../packages/cache/package.json', import.meta.url))('lru-cache')
+
+const ROUNDS = Number(process.env.ROUNDS ?? 12)
+const REDIS_ITERATIONS = Number(process.env.REDIS_ITERATIONS ?? 2_000)
+const MEMORY_ITERATIONS = Number(process.env.MEMORY_ITERATIONS ?? 20_000)
+const OPEN_CALLS = Number(process.env.OPEN_CALLS ?? 20_000)
+const TTL = 60_000
+
+const value = {
+  id: 42,
+  title: 'The Left Hand of Darkness',
+  authors: [{ id: 7, name: 'Ursula K. Le Guin' }],
+  tags: ['sf', 'classic', 'anthropology', 'gender'],
+  description: 'x'.repeat(700),
+  published: '1969-03-01',
+  available: true,
+  copies: 3,
+}
+const loader = async () => value
+
+const started = performance.now()
+const lab = await startLab({ nodes: 0 })
+const { host, port } = lab.redis
+const closers = []
+try {
+  // ------------------------------------------------------------------ clients
+  const raw = new Redis({ host, port })
+  closers.push(() => raw.quit())
+  await raw.set('raw:book', JSON.stringify(value), 'PX', TTL)
+
+  const oursL2 = createCache({ redis: { host, port }, namespace: 'ours-l2', ttlMs: TTL, l1: false })
+  const oursL1 = createCache({ redis: { host, port }, namespace: 'ours-l1', ttlMs: TTL })
+  closers.push(() => oursL2.close(), () => oursL1.close())
+
+  const bentoL2 = new BentoCache({
+    default: 'c',
+    stores: { c: bentostore().useL2Layer(redisDriver({ connection: { host, port } })) },
+  })
+  const bentoL1 = new BentoCache({
+    default: 'c',
+    stores: {
+      c: bentostore()
+        .useL1Layer(memoryDriver({ maxItems: 10_000 }))
+        .useL2Layer(redisDriver({ connection: { host, port } })),
+    },
+  })
+  closers.push(() => bentoL2.disconnect(), () => bentoL1.disconnect())
+
+  const url = `redis://${host}:${port}`
+  const keyvL2 = new Keyv({ store: new KeyvRedis(url), namespace: 'cm-l2' })
+  const keyvL2b = new Keyv({ store: new KeyvRedis(url), namespace: 'cm-l1' })
+  const cmL2 = createCacheManager({ stores: [keyvL2], ttl: TTL })
+  const cmL1 = createCacheManager({ stores: [new Keyv(), keyvL2b], ttl: TTL })
+  closers.push(() => cmL2.disconnect(), () => cmL1.disconnect())
+
+  const lru = new LRUCache({ max: 10_000 })
+  lru.set('book', value, { ttl: TTL })
+
+  while (oursL2.stats().redisStatus !== 'ready' || oursL1.stats().redisStatus !== 'ready') {
+    await new Promise((r) => setTimeout(r, 10))
+  }
+  // prime every cache with the hot key
+  for (const c of [oursL2, oursL1]) {
+    await c.getOrLoad('book', loader)
+    await c.flush()
+  }
+  for (const b of [bentoL2, bentoL1]) await b.getOrSet({ key: 'book', factory: loader, ttl: TTL })
+  for (const m of [cmL2, cmL1]) await m.wrap('book', loader, TTL)
+  if ((await oursL2.getOrLoad('book', loader)) === value) throw new Error('ours L2 answered from memory')
+
+  // ------------------------------------------------------------------ A. L2 hit
+  console.log(`A. L2 hit: ${ROUNDS} rounds x ${REDIS_ITERATIONS} calls, interleaved`)
+  const a = await rounds(
+    {
+      'raw ioredis get + JSON.parse': async () => JSON.parse(await raw.get('raw:book')),
+      '@resilient/cache getOrLoad (L2 only)': () => oursL2.getOrLoad('book', loader),
+      'bentocache getOrSet (L2 only)': () => bentoL2.getOrSet({ key: 'book', factory: loader, ttl: TTL }),
+      'cache-manager wrap (@keyv/redis only)': () => cmL2.wrap('book', loader, TTL),
+    },
+    { rounds: ROUNDS, iterations: REDIS_ITERATIONS },
+  )
+  const aBase = a['raw ioredis get + JSON.parse'].median
+  if (oursL2.stats().hitsL2 < ROUNDS * REDIS_ITERATIONS) throw new Error('ours L2 did not hit L2')
+
+  // ------------------------------------------------------------------ B. L1 hit
+  console.log(`B. L1 hit: ${ROUNDS} rounds x ${MEMORY_ITERATIONS} calls, interleaved`)
+  const b = await rounds(
+    {
+      'lru-cache get (bare)': () => lru.get('book'),
+      '@resilient/cache getOrLoad (L1 hit)': () => oursL1.getOrLoad('book', loader),
+      'bentocache getOrSet (L1 hit)': () => bentoL1.getOrSet({ key: 'book', factory: loader, ttl: TTL }),
+      'cache-manager wrap (memory store hit)': () => cmL1.wrap('book', loader, TTL),
+    },
+    { rounds: ROUNDS, iterations: MEMORY_ITERATIONS },
+  )
+  const bBase = b['lru-cache get (bare)'].median
+
+  // ------------------------------------------------------------------ C. miss + load
+  console.log(`C. miss + load + write-back: ${ROUNDS} rounds x ${REDIS_ITERATIONS} calls, interleaved`)
+  let n = 0
+  const c = await rounds(
+    {
+      'raw ioredis get + set': async () => {
+        const k = `raw:miss:${n++}`
+        const hit = await raw.get(k)
+        if (hit === null) await raw.set(k, JSON.stringify(await loader()), 'PX', TTL)
+      },
+      '@resilient/cache getOrLoad + flush': async () => {
+        await oursL1.getOrLoad(`miss:${n++}`, loader)
+        await oursL1.flush()
+      },
+      'bentocache getOrSet': () => bentoL1.getOrSet({ key: `miss:${n++}`, factory: loader, ttl: TTL }),
+      'cache-manager wrap': () => cmL1.wrap(`miss:${n++}`, loader, TTL),
+    },
+    { rounds: ROUNDS, iterations: Math.max(100, Math.floor(REDIS_ITERATIONS / 4)) },
+  )
+  const cBase = c['raw ioredis get + set'].median
+
+  // ------------------------------------------------------------------ D. breaker open
+  console.log(`D. breaker open (Redis SIGSTOPped): ${OPEN_CALLS} calls each, interleaved call by call`)
+  const open = createCache({
+    redis: { host, port },
+    namespace: 'open',
+    ttlMs: TTL,
+    l1: { maxItems: 1_000 },
+    breaker: { resetTimeoutMs: 600_000, volumeThreshold: 5 },
+  })
+  closers.push(() => open.close())
+  while (open.stats().redisStatus !== 'ready') await new Promise((r) => setTimeout(r, 10))
+  await lab.pauseRedis()
+  let bare
+  let ours
+  let commandsWhileOpen
+  try {
+    let i = 0
+    while (open.stats().breaker !== 'open') await open.getOrLoad(`trip:${i++}`, loader)
+    const before = open.stats().redisCommands
+    const bareNs = []
+    const oursNs = []
+    for (let j = 0; j < OPEN_CALLS + 1_000; j++) {
+      const t0 = process.hrtime.bigint()
+      await loader()
+      const t1 = process.hrtime.bigint()
+      await open.getOrLoad(`open:${j}`, loader) // a miss every time: L1 lookup, skip Redis, load, store L1
+      const t2 = process.hrtime.bigint()
+      if (j >= 1_000) {
+        bareNs.push(Number(t1 - t0))
+        oursNs.push(Number(t2 - t1))
+      }
+    }
+    commandsWhileOpen = open.stats().redisCommands - before
+    bare = summarize(bareNs)
+    ours = summarize(oursNs)
+  } finally {
+    await lab.resumeRedis()
+  }
+  const addedP50 = ours.median - bare.median
+  const addedP99 = percentile(ours.samples, 99) - percentile(bare.samples, 99)
+
+  // ------------------------------------------------------------------ report
+  const seconds = (performance.now() - started) / 1000
+  const table = (r, base, baseLabel) =>
+    markdownTable(
+      ['case', 'median per call', 'p99 over rounds', `vs ${baseLabel}`],
+      Object.entries(r).map(([k, s]) => [k, fmtNs(s.median), fmtNs(s.p99), ratio(s.median, base)]),
+    )
+  console.log(`\nNode ${process.version}, Redis on loopback, ${seconds.toFixed(1)} s in all.\n`)
+  console.log('A. L2 hit\n')
+  console.log(table(a, aBase, 'raw'))
+  console.log('\nB. L1 hit\n')
+  console.log(table(b, bBase, 'lru-cache'))
+  console.log('\nC. miss + load + write-back\n')
+  console.log(table(c, cBase, 'raw'))
+  console.log('\nD. breaker open, a miss every call (per-call times)\n')
+  console.log(
+    markdownTable(
+      ['', 'p50', 'p99'],
+      [
+        ['loader alone', fmtNs(bare.median), fmtNs(percentile(bare.samples, 99))],
+        ['getOrLoad, breaker open', fmtNs(ours.median), fmtNs(percentile(ours.samples, 99))],
+        ['added by the cache', fmtNs(addedP50), fmtNs(addedP99)],
+      ],
+    ),
+  )
+  console.log(`Redis commands sent while open: ${commandsWhileOpen}`)
+  const pick = (r, base) =>
+    Object.fromEntries(
+      Object.entries(r).map(([k, s]) => [k, { medianNs: s.median, p99Ns: s.p99, ratio: s.median / base }]),
+    )
+  const file = writeJson('cache', {
+    rounds: ROUNDS,
+    redisIterations: REDIS_ITERATIONS,
+    memoryIterations: MEMORY_ITERATIONS,
+    seconds,
+    l2Hit: pick(a, aBase),
+    l1Hit: pick(b, bBase),
+    missLoad: pick(c, cBase),
+    breakerOpen: {
+      calls: OPEN_CALLS,
+      loaderP50Ns: bare.median,
+      loaderP99Ns: percentile(bare.samples, 99),
+      cacheP50Ns: ours.median,
+      cacheP99Ns: percentile(ours.samples, 99),
+      addedP50Ns: addedP50,
+      addedP99Ns: addedP99,
+      redisCommandsWhileOpen: commandsWhileOpen,
+    },
+  })
+  console.log(`\nwrote ${file}`)
+} finally {
+  for (const close of closers.reverse()) await Promise.resolve().then(close).catch(() => {})
+  await lab.down()
+}
