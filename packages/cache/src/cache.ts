@@ -362,111 +362,100 @@ class CacheImpl implements Cache {
     finish: () => void,
   ): Promise<Outcome> {
     try {
-      return await this.#flightBody(key, loader, opts, staleL1, ticket, flight, finish)
+      let stale = staleL1
+      // The generation read before the loader starts: the fill is stored only if it is unchanged.
+      let generation: string | undefined
+      let leaseToken = ''
+      let waitForLease = false
+      if (this.#client) {
+        const deadline = performance.now() + this.#o.redisTimeoutMs
+        const token = this.#o.lease ? randomUUID() : ''
+        const tagsDone = opts.tags?.length
+          ? this.#registerTags(key, opts.tags, opts.ttlMs + opts.graceMs, deadline)
+          : undefined
+        const r = await this.#lookup(key, this.#o.redisTimeoutMs, token)
+        const tagsOk = tagsDone ? await tagsDone : true
+        if (r) {
+          if (r.entry) {
+            if (r.entry.exp > Date.now()) {
+              this.#putL1(key, r.entry, ticket)
+              if (r.lease) this.#background(this.#releaseLease(key, token))
+              this.#publishHit(key, 'l2')
+              finish()
+              return { value: r.entry.value, source: 'l2' }
+            }
+            if (!stale || r.entry.exp > stale.exp) stale = r.entry
+          }
+          if (tagsOk) generation = r.generation
+          else this.#discarded(key, 'tag-registration-failed')
+          if (r.lease) leaseToken = token
+          else if (this.#o.lease) waitForLease = true
+        }
+      }
+      if (channels.miss.hasSubscribers) channels.miss.publish({ namespace: this.namespace, key })
+
+      if (waitForLease) {
+        const e = await this.#waitForLease(key, ticket)
+        if (e) {
+          this.#putL1(key, e, ticket)
+          finish()
+          return { value: e.value, source: 'l2' }
+        }
+      }
+
+      const { soft, hard } = this.#o.loaderTimeoutMs
+      this.#s.loads++
+      const started = performance.now()
+      const load = withTimeout(async (signal) => loader(signal as AbortSignal), hard, {
+        signal: this.#closeController.signal,
+        operation: 'cache loader',
+      })
+      const settle = async (background: boolean): Promise<Outcome> => {
+        let value: unknown
+        try {
+          value = await load
+        } catch (err) {
+          this.#loadFailed(key, err, started)
+          if (leaseToken) this.#background(this.#releaseLease(key, leaseToken))
+          finish()
+          if (background) throw err
+          if (stale && stale.hardExp > Date.now() && !ResilientError.is(err, 'E_SHUTTING_DOWN')) {
+            return this.#serveStale(
+              key,
+              stale,
+              ResilientError.is(err, 'E_TIMEOUT') ? 'hard-timeout' : 'loader-error',
+              err,
+            )
+          }
+          throw this.#loaderError(err)
+        }
+        this.#publishLoad(key, started, true)
+        try {
+          const entry = this.#store(key, value, opts, ticket, generation, leaseToken, finish)
+          flight.promise = Promise.resolve({ value: entry.value, source: 'load' })
+          return { value, source: 'load' }
+        } catch (err) {
+          if (leaseToken) this.#background(this.#releaseLease(key, leaseToken))
+          finish()
+          throw err
+        }
+      }
+      if (stale && soft > 0) {
+        const softTimer = sleepResult(soft)
+        const first = await Promise.race([load.then(noop, noop), softTimer.promise])
+        if (first === TIMED_OUT) {
+          // Serve stale now; the load goes on and is stored when it finishes.
+          this.#background(settle(true))
+          return this.#serveStale(key, stale, 'soft-timeout', undefined)
+        }
+        softTimer.cancel()
+      }
+      return settle(false)
     } catch (err) {
+      // Whatever went wrong, the key must not stay "in flight" for later callers.
       finish()
       throw err
     }
-  }
-
-  async #flightBody(
-    key: string,
-    loader: Loader<unknown>,
-    opts: CallOptions,
-    staleL1: Entry | undefined,
-    ticket: Ticket,
-    flight: Flight,
-    finish: () => void,
-  ): Promise<Outcome> {
-    let stale = staleL1
-    // The generation read before the loader starts: the fill is stored only if it is unchanged.
-    let generation: string | undefined
-    let leaseToken = ''
-    let waitForLease = false
-    if (this.#client) {
-      const deadline = performance.now() + this.#o.redisTimeoutMs
-      const token = this.#o.lease ? randomUUID() : ''
-      const tagsDone = opts.tags?.length
-        ? this.#registerTags(key, opts.tags, opts.ttlMs + opts.graceMs, deadline)
-        : undefined
-      const r = await this.#lookup(key, this.#o.redisTimeoutMs, token)
-      const tagsOk = tagsDone ? await tagsDone : true
-      if (r) {
-        if (r.entry) {
-          if (r.entry.exp > Date.now()) {
-            this.#putL1(key, r.entry, ticket)
-            if (r.lease) this.#background(this.#releaseLease(key, token))
-            this.#publishHit(key, 'l2')
-            finish()
-            return { value: r.entry.value, source: 'l2' }
-          }
-          if (!stale || r.entry.exp > stale.exp) stale = r.entry
-        }
-        if (tagsOk) generation = r.generation
-        else this.#discarded(key, 'tag-registration-failed')
-        if (r.lease) leaseToken = token
-        else if (this.#o.lease) waitForLease = true
-      }
-    }
-    if (channels.miss.hasSubscribers) channels.miss.publish({ namespace: this.namespace, key })
-
-    if (waitForLease) {
-      const e = await this.#waitForLease(key, ticket)
-      if (e) {
-        this.#putL1(key, e, ticket)
-        finish()
-        return { value: e.value, source: 'l2' }
-      }
-    }
-
-    const { soft, hard } = this.#o.loaderTimeoutMs
-    this.#s.loads++
-    const started = performance.now()
-    const load = withTimeout(async (signal) => loader(signal as AbortSignal), hard, {
-      signal: this.#closeController.signal,
-      operation: 'cache loader',
-    })
-    const settle = async (background: boolean): Promise<Outcome> => {
-      let value: unknown
-      try {
-        value = await load
-      } catch (err) {
-        this.#loadFailed(key, err, started)
-        if (leaseToken) this.#background(this.#releaseLease(key, leaseToken))
-        finish()
-        if (background) throw err
-        if (stale && stale.hardExp > Date.now() && !ResilientError.is(err, 'E_SHUTTING_DOWN')) {
-          return this.#serveStale(
-            key,
-            stale,
-            ResilientError.is(err, 'E_TIMEOUT') ? 'hard-timeout' : 'loader-error',
-            err,
-          )
-        }
-        throw this.#loaderError(err)
-      }
-      this.#publishLoad(key, started, true)
-      try {
-        const entry = this.#store(key, value, opts, ticket, generation, leaseToken, finish)
-        flight.promise = Promise.resolve({ value: entry.value, source: 'load' })
-        return { value, source: 'load' }
-      } catch (err) {
-        if (leaseToken) this.#background(this.#releaseLease(key, leaseToken))
-        finish()
-        throw err
-      }
-    }
-    if (stale && soft > 0) {
-      const softTimer = sleepResult(soft)
-      const first = await Promise.race([load.then(noop, noop), softTimer.promise])
-      if (first === TIMED_OUT) {
-        // Serve stale now; the load goes on and is stored when it finishes.
-        this.#background(settle(true))
-        return this.#serveStale(key, stale, 'soft-timeout', undefined)
-      }
-      softTimer.cancel()
-    }
-    return settle(false)
   }
 
   #serveStale(key: string, stale: Entry, reason: StaleReason, error: unknown): Outcome {
