@@ -81,6 +81,14 @@ export function roleMismatchError(member: string): ResilientError {
   })
 }
 
+/** A connect that was waiting in a pool generation that got drained (a suspected primary). */
+export function drainedError(member: string): ResilientError {
+  return new ResilientError('E_NO_PRIMARY', `member ${member} was drained while waiting for a connection`, {
+    details: { member, reason: 'drained' },
+    noStack: true,
+  })
+}
+
 export function isRoleMismatch(err: unknown): boolean {
   return ResilientError.is(err, 'E_NO_PRIMARY') && err.details.reason === 'in-recovery'
 }
@@ -106,6 +114,9 @@ export function classifyError(err: unknown, ctx: ClassifyContext): Classificatio
 
   if (isRoleMismatch(err)) return result('demoted', true, false, undefined, 'E_NO_PRIMARY')
   if (ResilientError.is(err)) {
+    if (err.code === 'E_NO_PRIMARY' && err.details.reason === 'drained') {
+      return result('not-sent', false, true, undefined, err.code)
+    }
     switch (err.code) {
       case 'E_TIMEOUT':
         // A connect that timed out is a sick member; a slow statement is not, but its connection is gone.

@@ -1,6 +1,6 @@
 import { abortError, ResilientError } from '@resilient/core'
 import pg from 'pg'
-import { roleMismatchError } from './classify.js'
+import { drainedError, errorCodeOf, roleMismatchError } from './classify.js'
 import type { ConnectionOptions } from './options.js'
 
 /**
@@ -182,6 +182,8 @@ export class MemberPool {
   readonly port: number
   #config: MemberPoolConfig
   #pool: pg.Pool | null = null
+  /** Aborted when the current generation is drained: its waiting connects give up at once. */
+  #drained = new AbortController()
   #generation = 0
   #draining = new Set<Promise<void>>()
   #closed = false
@@ -269,11 +271,21 @@ export class MemberPool {
     if (signal?.aborted) throw abortError(signal, 'connect')
     const pool = this.#current()
     const generation = this.#generation
+    const drained = this.#drained.signal
+    // Saturated: a timeout now means "busy", not "the server is gone".
+    const saturated = pool.idleCount === 0 && pool.totalCount >= this.#config.max
     let client: pg.PoolClient
     try {
-      client = await connectWithSignal(pool, signal)
+      client = await connectWithSignal(pool, signal, drained, this.name)
     } catch (err) {
       this.#connectErrors++
+      if (saturated && !ResilientError.is(err) && errorCodeOf(err) === undefined) {
+        throw new ResilientError(
+          'E_LIMIT',
+          `no free connection to ${this.name} within ${this.#config.connectTimeoutMs} ms (pool.max ${this.#config.max})`,
+          { cause: err, details: { member: this.name, max: this.#config.max } },
+        )
+      }
       throw err
     }
     this.#acquired++
@@ -305,6 +317,8 @@ export class MemberPool {
     const p = this.#pool
     if (!p) return
     this.#pool = null
+    this.#drained.abort()
+    this.#drained = new AbortController()
     const done: Promise<void> = p.end().then(
       () => {
         this.#draining.delete(done)
@@ -343,21 +357,34 @@ export class MemberPool {
   }
 }
 
-/** pool.connect(), but an abort rejects at once; a client that arrives later goes straight back. */
-function connectWithSignal(pool: pg.Pool, signal: AbortSignal | undefined): Promise<pg.PoolClient> {
+/**
+ * pool.connect(), but the caller's abort, or the drain of this pool generation, rejects at
+ * once; a client that arrives later goes straight back (to a pool that is ending: it closes).
+ */
+function connectWithSignal(
+  pool: pg.Pool,
+  signal: AbortSignal | undefined,
+  drained: AbortSignal,
+  member: string,
+): Promise<pg.PoolClient> {
   const p = pool.connect()
-  if (!signal) return p
   return new Promise((resolve, reject) => {
     let done = false
     const onAbort = () => {
       if (done) return
       done = true
-      reject(abortError(signal, 'connect'))
+      cleanup()
+      reject(signal?.aborted ? abortError(signal, 'connect') : drainedError(member))
     }
-    signal.addEventListener('abort', onAbort, { once: true })
+    const cleanup = () => {
+      signal?.removeEventListener('abort', onAbort)
+      drained.removeEventListener('abort', onAbort)
+    }
+    signal?.addEventListener('abort', onAbort, { once: true })
+    drained.addEventListener('abort', onAbort, { once: true })
     p.then(
       (client) => {
-        signal.removeEventListener('abort', onAbort)
+        cleanup()
         if (done) client.release()
         else {
           done = true
@@ -365,7 +392,7 @@ function connectWithSignal(pool: pg.Pool, signal: AbortSignal | undefined): Prom
         }
       },
       (err) => {
-        signal.removeEventListener('abort', onAbort)
+        cleanup()
         if (!done) {
           done = true
           reject(err)

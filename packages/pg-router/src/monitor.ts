@@ -304,24 +304,36 @@ export class Monitor {
       let lease: Awaited<ReturnType<MemberPool['acquire']>> | undefined
       try {
         lease = await m.pool.acquire('read', this.#abort.signal)
-        const r = await lease.query<{ lsn: string | null }>(sql, undefined, {
+        const r = await lease.query<{ lsn: string | null; r: boolean }>(sql, undefined, {
           timeoutMs,
           signal: this.#abort.signal,
         })
         lease.release()
         m.lsn = parseLsn(r.rows[0]?.lsn)
         if (!isWriter && m.downUntil > 0) m.downUntil = 0
+        if (isWriter && r.rows[0]?.r !== false && this.gate.writer === m) {
+          // the writer is in recovery: it was demoted under us
+          publish(channels.roleMismatch, { member: m.name, expected: 'primary' })
+          this.suspect('in-recovery')
+        }
       } catch (err) {
         const c = classifyError(err, {
           phase: lease ? 'query' : 'connect',
           sent: lease?.sent ?? false,
           connectionLost: lease?.lost ?? true,
         })
+        // a probe is tiny: no answer within probeTimeoutMs means the member is sick
+        if (ResilientError.is(err, 'E_TIMEOUT')) c.failoverSignal = true
         lease?.release(true)
         if (!this.#closed) this.reportFailure(m, lease?.generation ?? m.pool.generation, c)
       }
     }
-    if (full && writer) jobs.push(poll(writer, 'SELECT pg_current_wal_lsn()::text AS lsn', true))
+    if (full && writer) {
+      const sql =
+        'SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END AS lsn, ' +
+        'pg_is_in_recovery() AS r'
+      jobs.push(poll(writer, sql, true))
+    }
     for (const m of this.members.values()) {
       if (m.role === 'replica' && m !== writer) {
         jobs.push(poll(m, 'SELECT pg_last_wal_replay_lsn()::text AS lsn', false))

@@ -55,6 +55,7 @@ function startLoad(): Load {
         const r = await db.write<{ port: number }>('INSERT INTO acks (id) VALUES ($1) RETURNING port', [id])
         load.acks.push({ id, port: r.rows[0]!.port, at: performance.now() })
       } catch (err) {
+        if (ResilientError.is(err, 'E_SHUTTING_DOWN')) break
         if (ResilientError.is(err, 'E_COMMIT_UNKNOWN')) load.unknown.push(id)
         else if (ResilientError.is(err, 'E_FAILOVER_TIMEOUT')) load.timedOut.push(id)
         else load.otherErrors.push(err)
@@ -67,6 +68,7 @@ function startLoad(): Load {
         await db.read('SELECT count(*) FROM acks')
         load.reads++
       } catch (err) {
+        if (ResilientError.is(err, 'E_SHUTTING_DOWN')) break
         load.readErrors.push(err)
       }
       await new Promise((r) => setTimeout(r, 2))
@@ -77,7 +79,7 @@ function startLoad(): Load {
 }
 
 /** The first time /cluster (any live endpoint, polled every 20 ms) shows a leader other than `old`. */
-async function waitForNewLeaderInCluster(old: string, timeoutMs = 60_000) {
+async function waitForNewLeaderInCluster(old: string, timeoutMs = 45_000) {
   const end = performance.now() + timeoutMs
   while (performance.now() < end) {
     for (const url of lab.patroni.endpoints) {
@@ -107,6 +109,29 @@ async function until<T>(what: string, fn: () => T | undefined, timeoutMs: number
   }
 }
 
+/**
+ * Patroni 3.0.2 in synchronous mode only promotes the sync standby, and only when no other
+ * replica has more WAL. Killing the leader right after it moved the sync role to a member
+ * that just rejoined leaves both replicas refusing to promote ("not the healthiest node"):
+ * wait until the sync standby has been the same, with lag 0, for 4 s before the next kill.
+ */
+async function waitForStableSync(timeoutMs = 60_000) {
+  const end = performance.now() + timeoutMs
+  let name = ''
+  let since = performance.now()
+  while (performance.now() < end) {
+    const c = await lab.cluster().catch(() => undefined)
+    const sync = c?.members.filter((m) => m.role === 'sync_standby' && m.state === 'running' && m.lag === 0)
+    const current = sync?.length === 1 ? sync[0]!.name : ''
+    if (current !== name) {
+      name = current
+      since = performance.now()
+    } else if (current && performance.now() - since >= 4_000) return
+    await new Promise((r) => setTimeout(r, 250))
+  }
+  throw new Error('the sync standby did not settle')
+}
+
 /** Every acknowledged row is on the current primary, written where the test saw it written, once. */
 async function verify(load: Load) {
   expect(load.otherErrors).toEqual([])
@@ -131,6 +156,7 @@ async function verify(load: Load) {
 beforeAll(async () => {
   lab = await startLab({ nodes: 3, synchronousMode: true, redis: false })
   await lab.waitForReplicas(2)
+  await waitForStableSync()
   db = createPgRouter({
     patroni: { endpoints: lab.patroni.endpoints },
     connection: { user: lab.postgres.user, password: lab.postgres.password, database: lab.postgres.database },
@@ -156,37 +182,44 @@ describe('failover under load (synchronous_mode)', () => {
     for (let run = 1; run <= KILLS; run++) {
       const before = failovers.length
       const load = startLoad()
-      await new Promise((r) => setTimeout(r, 1_000))
-      const old = (await lab.primary())!
-      const killedAt = performance.now()
-      await lab.killPrimary()
-      const seen = await waitForNewLeaderInCluster(old.name)
-      const first = await until(
-        'the first write acknowledged by the new primary',
-        () => load.acks.find((a) => a.port === seen.port && a.at >= killedAt),
-        30_000,
-      )
-      await new Promise((r) => setTimeout(r, 500))
-      await load.stop()
-      const delay = first.at - seen.at
-      delays.push(delay)
-      const rows = await verify(load)
-      // rows written once each: at most every acknowledged one plus those whose outcome was unknown
-      expect(rows).toBeGreaterThanOrEqual(load.acks.length)
-      expect(rows).toBeLessThanOrEqual(load.acks.length + load.unknown.length)
-      expect(load.reads).toBeGreaterThan(0)
-      expect(db.topology().primary?.name).toBe(seen.name)
-      await until('the onFailover event', () => (failovers.length > before ? true : undefined), 15_000)
-      const ev = failovers.at(-1)!
-      console.log(
-        `kill ${run}: ${old.name} -> ${seen.name}; leader visible after ${Math.round(seen.at - killedAt)} ms; ` +
-          `first write on it ${Math.round(delay)} ms later; acks ${load.acks.length}, unknown ${load.unknown.length}, ` +
-          `timed out ${load.timedOut.length}, reads ${load.reads}; event held ${ev.durations.heldMs} ms, ` +
-          `confirm ${ev.durations.confirmMs} ms, first write ${ev.durations.firstWriteMs} ms`,
-      )
-      expect(ev.to).toBe(seen.name)
-      await lab.startMember(old.name)
-      await lab.waitForReplicas(2)
+      let stopped = false
+      try {
+        await new Promise((r) => setTimeout(r, 1_000))
+        const old = (await lab.primary())!
+        const killedAt = performance.now()
+        await lab.killPrimary()
+        const seen = await waitForNewLeaderInCluster(old.name)
+        const first = await until(
+          'the first write acknowledged by the new primary',
+          () => load.acks.find((a) => a.port === seen.port && a.at >= killedAt),
+          30_000,
+        )
+        await new Promise((r) => setTimeout(r, 500))
+        await load.stop()
+        stopped = true
+        const delay = first.at - seen.at
+        delays.push(delay)
+        const rows = await verify(load)
+        // rows written once each: at most every acknowledged one plus those whose outcome was unknown
+        expect(rows).toBeGreaterThanOrEqual(load.acks.length)
+        expect(rows).toBeLessThanOrEqual(load.acks.length + load.unknown.length)
+        expect(load.reads).toBeGreaterThan(0)
+        expect(db.topology().primary?.name).toBe(seen.name)
+        await until('the onFailover event', () => (failovers.length > before ? true : undefined), 15_000)
+        const ev = failovers.at(-1)!
+        console.log(
+          `kill ${run}: ${old.name} -> ${seen.name}; leader visible after ${Math.round(seen.at - killedAt)} ms; ` +
+            `first write on it ${Math.round(delay)} ms later; acks ${load.acks.length}, unknown ${load.unknown.length}, ` +
+            `timed out ${load.timedOut.length}, reads ${load.reads}; event held ${ev.durations.heldMs} ms, ` +
+            `confirm ${ev.durations.confirmMs} ms, first write ${ev.durations.firstWriteMs} ms`,
+        )
+        expect(ev.to).toBe(seen.name)
+        await lab.startMember(old.name)
+        await lab.waitForReplicas(2)
+        await waitForStableSync()
+      } finally {
+        if (!stopped) await load.stop()
+      }
     }
     const sorted = [...delays].sort((a, b) => a - b)
     const median = sorted[Math.floor(sorted.length / 2)]!
@@ -211,7 +244,7 @@ describe('failover under load (synchronous_mode)', () => {
     expect(rows).toBeLessThanOrEqual(load.acks.length + load.unknown.length)
     expect(db.topology().primary?.name).toBe(next.name)
     console.log(
-      `switchover ${old.name} -> ${next.name}: acks ${load.acks.length}, unknown ${load.unknown.length}, ` +
+      `switchover ${old!.name} -> ${next.name}: acks ${load.acks.length}, unknown ${load.unknown.length}, ` +
         `timed out ${load.timedOut.length}, reads ${load.reads}, read errors ${load.readErrors.length}`,
     )
   })

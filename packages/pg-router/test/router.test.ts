@@ -5,7 +5,9 @@ import { inspect } from 'node:util'
 import { Emitter, ResilientError } from '@resilient/core'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { channelNames } from '../src/channels.js'
+import { classifyError } from '../src/classify.js'
 import type { DiscoveredMember, Discovery, DiscoveryResult } from '../src/discovery/types.js'
+import { MemberPool } from '../src/member-pool.js'
 import { createPgRouter } from '../src/router.js'
 
 // No database here: members that refuse connections, or a TCP server that never answers.
@@ -197,5 +199,55 @@ describe('createPgRouter without a reachable primary', () => {
     } finally {
       await db.close()
     }
+  })
+})
+
+describe('MemberPool against a server that never answers', () => {
+  const make = (max: number) =>
+    new MemberPool({
+      name: 'silent',
+      host: '127.0.0.1',
+      port: silentPort,
+      connection,
+      max,
+      idleTimeoutMs: 1_000,
+      connectTimeoutMs: 150,
+      probeTimeoutMs: 100,
+      onIdleError: () => {},
+    })
+
+  it('a caller queued behind a full pool gets E_LIMIT (busy), not a failover signal', async () => {
+    const mp = make(1)
+    const first = mp.acquire('read').catch((e: unknown) => e)
+    const second = mp.acquire('read').catch((e: unknown) => e)
+    const [a, b] = await Promise.all([first, second])
+    expect(ResilientError.is(a, 'E_LIMIT')).toBe(false) // its own connect timed out: the server is sick
+    expect(classifyError(a, { phase: 'connect', sent: false, connectionLost: true }).failoverSignal).toBe(
+      true,
+    )
+    expect(b).toMatchObject({ code: 'E_LIMIT', details: { member: 'silent', max: 1 } })
+    expect(mp.stats().connectErrors).toBe(2)
+    await mp.close(1_000)
+  })
+
+  it('drain() rejects connects waiting in that generation at once, as not-sent', async () => {
+    const mp = make(1)
+    const waiting = [mp.acquire('write'), mp.acquire('write')].map((p) => p.catch((e: unknown) => e))
+    await new Promise((r) => setTimeout(r, 20))
+    const generation = mp.generation
+    mp.drain()
+    for (const e of await Promise.all(waiting)) {
+      expect(e).toMatchObject({ code: 'E_NO_PRIMARY', details: { reason: 'drained' } })
+      expect(classifyError(e, { phase: 'connect', sent: false, connectionLost: true })).toMatchObject({
+        class: 'not-sent',
+        failoverSignal: false,
+      })
+    }
+    // the next acquire opens a new generation
+    const next = mp.acquire('read').catch((e: unknown) => e)
+    expect(mp.generation).toBe(generation + 1)
+    await next
+    await mp.close(1_000)
+    await expect(mp.acquire('read')).rejects.toMatchObject({ code: 'E_SHUTTING_DOWN' })
   })
 })
