@@ -9,7 +9,7 @@
  *
  * Run:  npx tsc -b packages/cache packages/lab && node --expose-gc bench/cache/cache.bench.mjs
  * Env:  ROUNDS (default 12), REDIS_ITERATIONS (default 2000), MEMORY_ITERATIONS (default 20000),
- *       OPEN_CALLS (default 20000)
+ *       OPEN_CALLS (default 20000), SECTIONS (default ABCD: which of the four to run)
  * Out:  markdown tables on stdout and bench/out/cache.json
  *
  * Configured comparably: the same value (a ~1 KB JSON object), the same Redis, TTL 60 s;
@@ -17,12 +17,12 @@
  * defaults (breaker, 100 ms bound, generation check on fills).
  */
 import { createRequire } from 'node:module'
-import { createCache as createCacheManager } from 'cache-manager'
+import KeyvRedis from '@keyv/redis'
 import { BentoCache, bentostore } from 'bentocache'
 import { memoryDriver } from 'bentocache/drivers/memory'
 import { redisDriver } from 'bentocache/drivers/redis'
+import { createCache as createCacheManager } from 'cache-manager'
 import { Redis } from 'ioredis'
-import KeyvRedis from '@keyv/redis'
 import { Keyv } from 'keyv'
 import { createCache } from '../../packages/cache/dist/index.js'
 import { startLab } from '../../packages/lab/dist/index.js'
@@ -35,7 +35,9 @@ const ROUNDS = Number(process.env.ROUNDS ?? 12)
 const REDIS_ITERATIONS = Number(process.env.REDIS_ITERATIONS ?? 2_000)
 const MEMORY_ITERATIONS = Number(process.env.MEMORY_ITERATIONS ?? 20_000)
 const OPEN_CALLS = Number(process.env.OPEN_CALLS ?? 20_000)
+const SECTIONS = process.env.SECTIONS ?? 'ABCD'
 const TTL = 60_000
+const skipped = { median: Number.NaN, p99: Number.NaN, samples: [] }
 
 const value = {
   id: 42,
@@ -50,6 +52,12 @@ const value = {
 const loader = async () => value
 
 const started = performance.now()
+
+// Runs one section, or returns NaN figures for each case when SECTIONS leaves it out.
+async function section(name, run) {
+  if (SECTIONS.includes(name)) return run()
+  return new Proxy({}, { get: () => skipped, ownKeys: () => [] })
+}
 const lab = await startLab({ nodes: 0 })
 const { host, port } = lab.redis
 const closers = []
@@ -61,7 +69,10 @@ try {
 
   const oursL2 = createCache({ redis: { host, port }, namespace: 'ours-l2', ttlMs: TTL, l1: false })
   const oursL1 = createCache({ redis: { host, port }, namespace: 'ours-l1', ttlMs: TTL })
-  closers.push(() => oursL2.close(), () => oursL1.close())
+  closers.push(
+    () => oursL2.close(),
+    () => oursL1.close(),
+  )
 
   const bentoL2 = new BentoCache({
     default: 'c',
@@ -75,14 +86,20 @@ try {
         .useL2Layer(redisDriver({ connection: { host, port } })),
     },
   })
-  closers.push(() => bentoL2.disconnect(), () => bentoL1.disconnect())
+  closers.push(
+    () => bentoL2.disconnect(),
+    () => bentoL1.disconnect(),
+  )
 
   const url = `redis://${host}:${port}`
   const keyvL2 = new Keyv({ store: new KeyvRedis(url), namespace: 'cm-l2' })
   const keyvL2b = new Keyv({ store: new KeyvRedis(url), namespace: 'cm-l1' })
   const cmL2 = createCacheManager({ stores: [keyvL2], ttl: TTL })
   const cmL1 = createCacheManager({ stores: [new Keyv(), keyvL2b], ttl: TTL })
-  closers.push(() => cmL2.disconnect(), () => cmL1.disconnect())
+  closers.push(
+    () => cmL2.disconnect(),
+    () => cmL1.disconnect(),
+  )
 
   const lru = new LRUCache({ max: 10_000 })
   lru.set('book', value, { ttl: TTL })
@@ -101,49 +118,57 @@ try {
 
   // ------------------------------------------------------------------ A. L2 hit
   console.log(`A. L2 hit: ${ROUNDS} rounds x ${REDIS_ITERATIONS} calls, interleaved`)
-  const a = await rounds(
-    {
-      'raw ioredis get + JSON.parse': async () => JSON.parse(await raw.get('raw:book')),
-      '@resilient/cache getOrLoad (L2 only)': () => oursL2.getOrLoad('book', loader),
-      'bentocache getOrSet (L2 only)': () => bentoL2.getOrSet({ key: 'book', factory: loader, ttl: TTL }),
-      'cache-manager wrap (@keyv/redis only)': () => cmL2.wrap('book', loader, TTL),
-    },
-    { rounds: ROUNDS, iterations: REDIS_ITERATIONS },
+  const a = await section('A', () =>
+    rounds(
+      {
+        'raw ioredis get + JSON.parse': async () => JSON.parse(await raw.get('raw:book')),
+        '@resilient/cache getOrLoad (L2 only)': () => oursL2.getOrLoad('book', loader),
+        'bentocache getOrSet (L2 only)': () => bentoL2.getOrSet({ key: 'book', factory: loader, ttl: TTL }),
+        'cache-manager wrap (@keyv/redis only)': () => cmL2.wrap('book', loader, TTL),
+      },
+      { rounds: ROUNDS, iterations: REDIS_ITERATIONS },
+    ),
   )
   const aBase = a['raw ioredis get + JSON.parse'].median
-  if (oursL2.stats().hitsL2 < ROUNDS * REDIS_ITERATIONS) throw new Error('ours L2 did not hit L2')
+  if (SECTIONS.includes('A') && oursL2.stats().hitsL2 < ROUNDS * REDIS_ITERATIONS) {
+    throw new Error('ours L2 did not hit L2')
+  }
 
   // ------------------------------------------------------------------ B. L1 hit
   console.log(`B. L1 hit: ${ROUNDS} rounds x ${MEMORY_ITERATIONS} calls, interleaved`)
-  const b = await rounds(
-    {
-      'lru-cache get (bare)': () => lru.get('book'),
-      '@resilient/cache getOrLoad (L1 hit)': () => oursL1.getOrLoad('book', loader),
-      'bentocache getOrSet (L1 hit)': () => bentoL1.getOrSet({ key: 'book', factory: loader, ttl: TTL }),
-      'cache-manager wrap (memory store hit)': () => cmL1.wrap('book', loader, TTL),
-    },
-    { rounds: ROUNDS, iterations: MEMORY_ITERATIONS },
+  const b = await section('B', () =>
+    rounds(
+      {
+        'lru-cache get (bare)': () => lru.get('book'),
+        '@resilient/cache getOrLoad (L1 hit)': () => oursL1.getOrLoad('book', loader),
+        'bentocache getOrSet (L1 hit)': () => bentoL1.getOrSet({ key: 'book', factory: loader, ttl: TTL }),
+        'cache-manager wrap (memory store hit)': () => cmL1.wrap('book', loader, TTL),
+      },
+      { rounds: ROUNDS, iterations: MEMORY_ITERATIONS },
+    ),
   )
   const bBase = b['lru-cache get (bare)'].median
 
   // ------------------------------------------------------------------ C. miss + load
   console.log(`C. miss + load + write-back: ${ROUNDS} rounds x ${REDIS_ITERATIONS} calls, interleaved`)
   let n = 0
-  const c = await rounds(
-    {
-      'raw ioredis get + set': async () => {
-        const k = `raw:miss:${n++}`
-        const hit = await raw.get(k)
-        if (hit === null) await raw.set(k, JSON.stringify(await loader()), 'PX', TTL)
+  const c = await section('C', () =>
+    rounds(
+      {
+        'raw ioredis get + set': async () => {
+          const k = `raw:miss:${n++}`
+          const hit = await raw.get(k)
+          if (hit === null) await raw.set(k, JSON.stringify(await loader()), 'PX', TTL)
+        },
+        '@resilient/cache getOrLoad + flush': async () => {
+          await oursL1.getOrLoad(`miss:${n++}`, loader)
+          await oursL1.flush()
+        },
+        'bentocache getOrSet': () => bentoL1.getOrSet({ key: `miss:${n++}`, factory: loader, ttl: TTL }),
+        'cache-manager wrap': () => cmL1.wrap(`miss:${n++}`, loader, TTL),
       },
-      '@resilient/cache getOrLoad + flush': async () => {
-        await oursL1.getOrLoad(`miss:${n++}`, loader)
-        await oursL1.flush()
-      },
-      'bentocache getOrSet': () => bentoL1.getOrSet({ key: `miss:${n++}`, factory: loader, ttl: TTL }),
-      'cache-manager wrap': () => cmL1.wrap(`miss:${n++}`, loader, TTL),
-    },
-    { rounds: ROUNDS, iterations: Math.max(100, Math.floor(REDIS_ITERATIONS / 4)) },
+      { rounds: ROUNDS, iterations: Math.max(100, Math.floor(REDIS_ITERATIONS / 4)) },
+    ),
   )
   const cBase = c['raw ioredis get + set'].median
 
@@ -158,33 +183,34 @@ try {
   })
   closers.push(() => open.close())
   while (open.stats().redisStatus !== 'ready') await new Promise((r) => setTimeout(r, 10))
-  await lab.pauseRedis()
-  let bare
-  let ours
+  let bare = skipped
+  let ours = skipped
   let commandsWhileOpen
-  try {
-    let i = 0
-    while (open.stats().breaker !== 'open') await open.getOrLoad(`trip:${i++}`, loader)
-    const before = open.stats().redisCommands
-    const bareNs = []
-    const oursNs = []
-    for (let j = 0; j < OPEN_CALLS + 1_000; j++) {
-      const t0 = process.hrtime.bigint()
-      await loader()
-      const t1 = process.hrtime.bigint()
-      await open.getOrLoad(`open:${j}`, loader) // a miss every time: L1 lookup, skip Redis, load, store L1
-      const t2 = process.hrtime.bigint()
-      if (j >= 1_000) {
-        bareNs.push(Number(t1 - t0))
-        oursNs.push(Number(t2 - t1))
+  if (SECTIONS.includes('D')) await lab.pauseRedis()
+  if (SECTIONS.includes('D'))
+    try {
+      let i = 0
+      while (open.stats().breaker !== 'open') await open.getOrLoad(`trip:${i++}`, loader)
+      const before = open.stats().redisCommands
+      const bareNs = []
+      const oursNs = []
+      for (let j = 0; j < OPEN_CALLS + 1_000; j++) {
+        const t0 = process.hrtime.bigint()
+        await loader()
+        const t1 = process.hrtime.bigint()
+        await open.getOrLoad(`open:${j}`, loader) // a miss every time: L1 lookup, skip Redis, load, store L1
+        const t2 = process.hrtime.bigint()
+        if (j >= 1_000) {
+          bareNs.push(Number(t1 - t0))
+          oursNs.push(Number(t2 - t1))
+        }
       }
+      commandsWhileOpen = open.stats().redisCommands - before
+      bare = summarize(bareNs)
+      ours = summarize(oursNs)
+    } finally {
+      await lab.resumeRedis()
     }
-    commandsWhileOpen = open.stats().redisCommands - before
-    bare = summarize(bareNs)
-    ours = summarize(oursNs)
-  } finally {
-    await lab.resumeRedis()
-  }
   const addedP50 = ours.median - bare.median
   const addedP99 = percentile(ours.samples, 99) - percentile(bare.samples, 99)
 
@@ -239,6 +265,9 @@ try {
   })
   console.log(`\nwrote ${file}`)
 } finally {
-  for (const close of closers.reverse()) await Promise.resolve().then(close).catch(() => {})
+  for (const close of closers.reverse())
+    await Promise.resolve()
+      .then(close)
+      .catch(() => {})
   await lab.down()
 }
