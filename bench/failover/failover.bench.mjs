@@ -300,7 +300,7 @@ async function round(lab, clientName, roundNo, shared) {
  * ("requested starting point ... is not in this server's history"): after 30 s it is
  * reinitialized from the leader (Patroni's POST /reinitialize).
  */
-async function rejoin(lab, name) {
+export async function rejoin(lab, name) {
   try {
     await lab.startMember(name, { timeoutMs: 30_000 })
     await lab.waitForMember(name, { role: 'replica', timeoutMs: 30_000 })

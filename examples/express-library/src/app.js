@@ -59,7 +59,7 @@ export function createApp({ db, cache, health, exposeDebug = false }) {
   if (exposeDebug) {
     // For the demo and the tests; do not expose this publicly.
     app.get('/debug/stats', (_req, res) => {
-      res.json({ cache: cache.stats(), topology: db.topology(), router: db.stats() })
+      res.json({ cache: cache.stats(), topology: db.topology(), router: db.stats(), process: processStats() })
     })
   }
 
@@ -78,4 +78,13 @@ export function createApp({ db, cache, health, exposeDebug = false }) {
     },
   )
   return app
+}
+
+/** Heap and open handles (sockets, timers, ...) by type: what a soak test watches for leaks. */
+function processStats() {
+  /** @type {Record<string, number>} */
+  const resources = {}
+  for (const type of process.getActiveResourcesInfo()) resources[type] = (resources[type] ?? 0) + 1
+  const { heapUsed, rss } = process.memoryUsage()
+  return { heapUsed, rss, resources }
 }

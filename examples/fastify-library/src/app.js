@@ -68,6 +68,7 @@ export async function createApp({ db, cache, health, exposeDebug = false, logger
       cache: cache.stats(),
       topology: db.topology(),
       router: db.stats(),
+      process: processStats(),
     }))
   }
 
@@ -84,4 +85,13 @@ export async function createApp({ db, cache, health, exposeDebug = false, logger
     reply.code(status).send(body)
   })
   return app
+}
+
+/** Heap and open handles (sockets, timers, ...) by type: what a soak test watches for leaks. */
+function processStats() {
+  /** @type {Record<string, number>} */
+  const resources = {}
+  for (const type of process.getActiveResourcesInfo()) resources[type] = (resources[type] ?? 0) + 1
+  const { heapUsed, rss } = process.memoryUsage()
+  return { heapUsed, rss, resources }
 }
