@@ -5,7 +5,8 @@
  * native frames (socket writes show up as `native:writeBuffer`).
  *
  * Run:  npx tsc -b packages/lab packages/pg-router && node bench/pg-router/profile.mjs
- * Env:  CALLS (default 20000)
+ * Env:  CALLS (default 20000), CONCURRENCY (default 1: queries in flight per call),
+ *       DETAIL=1 (also the top functions of pg-router and @resilient/core)
  * Out:  one table per case on stdout (share of busy samples, and µs per call estimated from
  *       this process's CPU time).
  */
@@ -15,6 +16,10 @@ import { startLab } from '../../packages/lab/dist/index.js'
 import { createPgRouter } from '../../packages/pg-router/dist/index.js'
 
 const CALLS = Number(process.env.CALLS ?? 20_000)
+/** Queries in flight per call (a call is one batch). */
+const CONCURRENCY = Number(process.env.CONCURRENCY ?? 1)
+/** Also list the top functions of pg-router and core. */
+const DETAIL = process.env.DETAIL === '1'
 
 function category(frame) {
   const u = frame.url
@@ -29,7 +34,8 @@ function category(frame) {
   return 'other'
 }
 
-async function profile(name, fn) {
+async function profile(name, one) {
+  const fn = CONCURRENCY === 1 ? one : () => Promise.all(Array.from({ length: CONCURRENCY }, one))
   for (let i = 0; i < 2_000; i++) await fn()
   const s = new Session()
   s.connect()
@@ -43,12 +49,19 @@ async function profile(name, fn) {
   const byId = new Map(profile.nodes.map((n) => [n.id, n]))
   const cat = new Map()
   for (const id of profile.samples) {
-    const k = category(byId.get(id).callFrame)
+    const f = byId.get(id).callFrame
+    const c0k = category(f)
+    const k =
+      DETAIL && (c0k === 'pg-router' || c0k === '@resilient/core')
+        ? `${c0k} ${f.functionName || '(anon)'} ${f.url.split('/').pop()}:${f.lineNumber + 1}`
+        : c0k
     cat.set(k, (cat.get(k) ?? 0) + 1)
   }
   const busy = profile.samples.length - (cat.get('idle') ?? 0)
   const us = (c.user + c.system) / CALLS
-  console.log(`\n${name}: ${us.toFixed(1)} µs client CPU per call`)
+  console.log(
+    `\n${name} x${CONCURRENCY}: ${us.toFixed(1)} µs client CPU per call (of ${CONCURRENCY} queries)`,
+  )
   for (const [k, n] of [...cat].sort((a, b) => b[1] - a[1])) {
     if (k === 'idle' || n / busy < 0.005) continue
     console.log(
