@@ -165,6 +165,81 @@ describe('routing on a healthy cluster', () => {
   })
 })
 
+describe('statements cut off by the server', () => {
+  // A trigger that sleeps makes the statement (or COMMIT) last long enough to terminate its
+  // backend from another connection while it runs: the client then gets 57P01 mid-statement.
+  beforeAll(async () => {
+    await db.write(
+      'CREATE TABLE slow (id bigint PRIMARY KEY); ' +
+        'CREATE FUNCTION slow_trg() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(3); RETURN NEW; END $$; ' +
+        'CREATE CONSTRAINT TRIGGER slow_at_commit AFTER INSERT ON slow DEFERRABLE INITIALLY DEFERRED ' +
+        'FOR EACH ROW EXECUTE FUNCTION slow_trg()',
+    )
+  })
+
+  async function terminateSoon(pidOf: () => number | undefined) {
+    await until('the backend pid', () => pidOf())
+    await new Promise((r) => setTimeout(r, 400))
+    await db.write('SELECT pg_terminate_backend($1)', [pidOf()])
+  }
+
+  it('COMMIT cut off: E_COMMIT_UNKNOWN carries the txid, resolveCommit answers, writes go on', async () => {
+    let pid: number | undefined
+    const tx = db
+      .transaction(async (t) => {
+        pid = (await t.query<{ p: number }>('SELECT pg_backend_pid() AS p')).rows[0]!.p
+        await t.query('INSERT INTO slow (id) VALUES (1)') // its trigger runs at COMMIT
+      })
+      .catch((e: unknown) => e)
+    await terminateSoon(() => pid)
+    const err = await tx
+    expect(ResilientError.is(err, 'E_COMMIT_UNKNOWN')).toBe(true)
+    const txid = (err as ResilientError).details.txid as string
+    expect(txid).toMatch(/^[0-9]+$/)
+    expect((err as ResilientError).details.sqlState).toBe('57P01')
+    // terminated inside the deferred trigger, before the commit record: aborted
+    expect(await db.resolveCommit(txid)).toBe('aborted')
+    expect((await db.write('SELECT count(*)::int AS n FROM slow')).rows[0].n).toBe(0)
+    // the suspicion (57P01 on the primary) cleared by re-confirming the same primary
+    expect(db.topology().primary?.name).toBe((await lab.primary())!.name)
+  })
+
+  it('an autocommit write cut off: E_COMMIT_UNKNOWN without txid; the idempotent one is retried', async () => {
+    await db.write('DROP TRIGGER slow_at_commit ON slow')
+    await db.write(
+      'CREATE TRIGGER slow_now BEFORE INSERT ON slow FOR EACH ROW WHEN (NEW.id < 100) EXECUTE FUNCTION slow_trg()',
+    )
+    const pidOf = async () =>
+      (
+        await db.write<{ pid: number }>(
+          "SELECT pid FROM pg_stat_activity WHERE query LIKE 'INSERT INTO slow%' AND state = 'active'",
+        )
+      ).rows[0]?.pid
+    let pid: number | undefined
+    const poll = async () => {
+      for (let i = 0; i < 100 && pid === undefined; i++) {
+        pid = await pidOf()
+        if (pid === undefined) await new Promise((r) => setTimeout(r, 20))
+      }
+    }
+    const plain = db.write('INSERT INTO slow (id) VALUES (2)').catch((e: unknown) => e)
+    await poll()
+    await terminateSoon(() => pid)
+    const err = await plain
+    expect(err).toMatchObject({ code: 'E_COMMIT_UNKNOWN', details: { txid: null, sqlState: '57P01' } })
+
+    pid = undefined
+    const retried = db.write('INSERT INTO slow (id) VALUES (3) ON CONFLICT DO NOTHING', [], {
+      idempotent: true,
+    })
+    await poll()
+    await terminateSoon(() => pid)
+    const r = await retried // the second attempt runs its 3 s trigger to the end
+    expect(r.command).toBe('INSERT')
+    expect((await db.write('SELECT id FROM slow ORDER BY id')).rows).toEqual([{ id: '3' }])
+  })
+})
+
 describe('degraded members', () => {
   it('a killed replica: its reads move, none fails', async () => {
     const [victim] = await lab.replicas()
