@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto'
+import { setMaxListeners } from 'node:events'
 import {
   abortError,
   type Breaker,
@@ -246,6 +247,8 @@ class CacheImpl implements Cache {
     }
     this.#breaker = createBreaker({ ...o.breaker })
     this.#deadlines = new DeadlineGuard(o.redisTimeoutMs)
+    // Every running load listens on this signal: many at once is normal, not a leak.
+    setMaxListeners(0, this.#closeController.signal)
     this.#defaultCall = Object.freeze({
       ttlMs: o.ttlMs,
       graceMs: o.graceMs,
@@ -367,6 +370,9 @@ class CacheImpl implements Cache {
       let generation: string | undefined
       let leaseToken = ''
       let waitForLease = false
+      // Redis answered the lookup but not the tag registration: a deleteByTag elsewhere would
+      // miss this key, so the result is stored nowhere (not even in L1).
+      let tagsFailed = false
       if (this.#client) {
         const deadline = performance.now() + this.#o.redisTimeoutMs
         const token = this.#o.lease ? randomUUID() : ''
@@ -387,7 +393,7 @@ class CacheImpl implements Cache {
             if (!stale || r.entry.exp > stale.exp) stale = r.entry
           }
           if (tagsOk) generation = r.generation
-          else this.#discarded(key, 'tag-registration-failed')
+          else tagsFailed = true
           if (r.lease) leaseToken = token
           else if (this.#o.lease) waitForLease = true
         }
@@ -431,7 +437,7 @@ class CacheImpl implements Cache {
         }
         this.#publishLoad(key, started, true)
         try {
-          const entry = this.#store(key, value, opts, ticket, generation, leaseToken, finish)
+          const entry = this.#store(key, value, opts, ticket, generation, leaseToken, finish, tagsFailed)
           flight.promise = Promise.resolve({ value: entry.value, source: 'load' })
           return { value, source: 'load' }
         } catch (err) {
@@ -487,6 +493,7 @@ class CacheImpl implements Cache {
     generation: string | undefined,
     leaseToken: string,
     finish: () => void,
+    tagsFailed: boolean,
   ): Entry {
     const payload = serializeValue(value, this.#o.serializer, this.#o.maxValueBytes)
     const now = Date.now()
@@ -497,8 +504,8 @@ class CacheImpl implements Cache {
       tags: opts.tags,
       size: payload.length,
     }
-    if (ticket.invalidated) {
-      this.#discarded(key, 'invalidated')
+    if (ticket.invalidated || tagsFailed) {
+      this.#discarded(key, tagsFailed ? 'tag-registration-failed' : 'invalidated')
       if (leaseToken) this.#background(this.#releaseLease(key, leaseToken))
       finish()
       return entry

@@ -114,6 +114,30 @@ describe('a Redis that answers garbage or errors', () => {
   })
 })
 
+describe('a Redis that answers lookups but fails other commands', () => {
+  it('a tagged load whose tag registration failed is stored nowhere (a deleteByTag could not find it)', async () => {
+    fake = await startFakeRedis('lookup-only')
+    cache = createCache({
+      redis: { host: '127.0.0.1', port: fake.port },
+      namespace: 'partial',
+      redisTimeoutMs: TIMEOUT,
+      breaker: { volumeThreshold: 100 },
+    })
+    const c = cache
+    const discarded: string[] = []
+    c.onFillDiscarded((e) => discarded.push(e.reason))
+    await until(() => c.stats().redisStatus === 'ready')
+    expect(await c.getOrLoad('tagged', async () => 'v', { tags: ['t'] })).toBe('v')
+    expect(discarded).toEqual(['tag-registration-failed'])
+    expect(await c.get('tagged')).toBeUndefined()
+    // without tags the same failure leaves the value in L1 (the fill to Redis fails, and says so)
+    expect(await c.getOrLoad('plain', async () => 'w')).toBe('w')
+    await c.flush()
+    expect(await c.get('plain')).toBe('w')
+    expect(c.stats().redisErrors).toBeGreaterThanOrEqual(2)
+  })
+})
+
 describe('a Redis that is not there', () => {
   it('skips Redis while disconnected: no waiting, no commands, no unhandled errors', async () => {
     fake = await startFakeRedis('hang')

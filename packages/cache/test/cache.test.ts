@@ -48,6 +48,25 @@ describe('getOrLoad', () => {
     expect(cache.stats()).toMatchObject({ loads: 1, misses: 1000 })
   })
 
+  it('runs many loads at once without an EventTarget listener warning', async () => {
+    cache = createCache({ redis: false })
+    const warnings: Error[] = []
+    const onWarning = (w: Error) => warnings.push(w)
+    process.on('warning', onWarning)
+    try {
+      const gate = deferred<number>()
+      const all = Promise.all(
+        Array.from({ length: 50 }, (_, i) => cache.getOrLoad(`k${i}`, () => gate.promise)),
+      )
+      gate.resolve(1)
+      await all
+      await new Promise((r) => setImmediate(r))
+    } finally {
+      process.off('warning', onWarning)
+    }
+    expect(warnings.map((w) => w.name)).not.toContain('MaxListenersExceededWarning')
+  })
+
   it('caches null (negative caching)', async () => {
     cache = createCache({ redis: false })
     const loader = vi.fn(async () => null)

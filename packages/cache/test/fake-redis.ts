@@ -4,13 +4,14 @@ import { createServer, type Server, type Socket } from 'node:net'
  * A tiny RESP server on port 0 for protocol edge cases. It answers the connection
  * handshake (INFO, CLIENT, SELECT, SUBSCRIBE) and then behaves per `mode` for data commands:
  * 'hang' never answers (a SIGSTOPped Redis completes handshakes too), 'garbage' answers
- * bytes that are not RESP, 'error' answers a RESP error.
+ * bytes that are not RESP, 'error' answers a RESP error, 'lookup-only' answers MGET with
+ * two nils (an empty cache) and every other data command with a RESP error.
  */
 export interface FakeRedis {
   port: number
   /** Data commands received (anything but the handshake), by name. */
   commands: string[]
-  mode: 'hang' | 'garbage' | 'error'
+  mode: 'hang' | 'garbage' | 'error' | 'lookup-only'
   close(): Promise<void>
 }
 
@@ -65,7 +66,9 @@ function reply(socket: Socket, args: string[], fake: FakeRedis): void {
     return
   }
   fake.commands.push(name)
-  if (fake.mode === 'garbage') socket.write('?this is not RESP\r\n')
+  if (fake.mode === 'lookup-only' && name === 'MGET') socket.write('*2\r\n$-1\r\n$-1\r\n')
+  else if (fake.mode === 'lookup-only') socket.write('-ERR fake failure\r\n')
+  else if (fake.mode === 'garbage') socket.write('?this is not RESP\r\n')
   else if (fake.mode === 'error') socket.write('-ERR fake failure\r\n')
 }
 
