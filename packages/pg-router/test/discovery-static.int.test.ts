@@ -106,6 +106,21 @@ describe('static discovery against a real Patroni cluster', () => {
     expect(r.conflict?.sort()).toEqual([`127.0.0.1:${primary.port}`, `localhost:${primary.port}`].sort())
   })
 
+  it('measures a replica that stopped replaying as lagging, in bytes', async () => {
+    const replica = (await lab.replicas())[0]!
+    const { d } = staticOver()
+    await lab.sql('SELECT pg_wal_replay_pause()', replica.name)
+    try {
+      await lab.sql('CREATE TABLE lag_t AS SELECT g FROM generate_series(1, 20000) g')
+      const r = await d.discover()
+      const lagging = r.members.find((m) => m.port === replica.port)!
+      expect(lagging.role).toBe('replica')
+      expect(lagging.lagBytes).toBeGreaterThan(100_000)
+    } finally {
+      await lab.sql('SELECT pg_wal_replay_resume()', replica.name)
+    }
+  })
+
   it('follows a switchover', async () => {
     const { d } = staticOver()
     const p = createPatroniDiscovery({ endpoints: lab.patroni.endpoints })
