@@ -23,6 +23,7 @@ async function until(cond: () => boolean, timeoutMs = 5_000): Promise<void> {
 }
 
 const TIMEOUT = 50
+const SLACK = 150
 
 describe('a Redis that accepts connections but never answers (like SIGSTOP)', () => {
   it('bounds every call by redisTimeoutMs, opens the breaker, then sends nothing more', async () => {
@@ -44,9 +45,10 @@ describe('a Redis that accepts connections but never answers (like SIGSTOP)', ()
       expect(await c.getOrLoad(`k${i}`, async () => i)).toBe(i)
       durations.push(performance.now() - t0)
     }
-    // The first calls wait out the Redis timeout (and not more); the rest skip Redis.
-    // Slack of 45 ms: the bound is a timer, the slack is event-loop noise of a shared CI box.
-    expect(Math.max(...durations)).toBeLessThan(TIMEOUT + 45)
+    // The first calls wait out the Redis timeout (and not more); the rest skip Redis. Unit test
+    // files run in parallel on 2 cores, so the slack is wide here (an unbounded client would wait
+    // forever); the tight bound (+20 ms) is asserted by the integration test, which runs alone.
+    expect(Math.max(...durations)).toBeLessThan(TIMEOUT + SLACK)
     expect(c.stats().breaker).toBe('open')
     expect(changes.map((e) => e.to)).toEqual(['open'])
     expect(c.stats().redisTimeouts).toBeGreaterThanOrEqual(3)
@@ -71,7 +73,7 @@ describe('a Redis that accepts connections but never answers (like SIGSTOP)', ()
     await until(() => c.stats().redisStatus === 'ready')
     const t0 = performance.now()
     const result = await check()
-    expect(performance.now() - t0).toBeLessThan(TIMEOUT + 45)
+    expect(performance.now() - t0).toBeLessThan(TIMEOUT + SLACK)
     expect(result).toEqual({ status: 'warn', output: 'redis ping timed out: serving from L1 and loaders' })
   })
 })
@@ -148,7 +150,8 @@ describe('a Redis that is not there', () => {
     const c = cache
     const t0 = performance.now()
     for (let i = 0; i < 20; i++) await c.getOrLoad(`k${i}`, async () => i)
-    expect(performance.now() - t0).toBeLessThan(TIMEOUT)
+    // 20 calls that each waited for Redis would take 20 x TIMEOUT = 1 s
+    expect(performance.now() - t0).toBeLessThan(5 * TIMEOUT)
     expect(c.stats().redisCommands).toBe(0)
     expect((await c.check()).status).toBe('warn')
     // connection refusals are counted, never thrown as unhandled 'error' events
