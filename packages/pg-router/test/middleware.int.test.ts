@@ -1,6 +1,6 @@
 import type { AddressInfo } from 'node:net'
 import { type Lab, startLab } from '@resilient/lab'
-import { createPgRouter, type PgRouter, type Session } from '@resilient/pg-router'
+import { createPgRouter, type PgRouter } from '@resilient/pg-router'
 import { rywSession } from '@resilient/pg-router/express'
 import { rywPlugin } from '@resilient/pg-router/fastify'
 import express from 'express'
@@ -46,14 +46,14 @@ beforeAll(async () => {
   app.use(express.json())
   app.use(rywSession(db))
   app.post('/items', async (req, res) => {
-    const s = req.db as Session
+    const s = req.db
     const r = await s.write<{ id: number }>('INSERT INTO ryw_items (label) VALUES ($1) RETURNING id', [
       req.body.label,
     ])
     res.status(201).json({ id: r.rows[0]!.id })
   })
   app.get('/items/:id', async (req, res) => {
-    const s = req.db as Session
+    const s = req.db
     const r = await s.read('SELECT id, label FROM ryw_items WHERE id = $1', [Number(req.params.id)])
     if (r.rows.length === 0) res.status(404).json({ found: false })
     else res.json(r.rows[0])
@@ -66,7 +66,7 @@ beforeAll(async () => {
   fastifyApp = Fastify()
   await fastifyApp.register(rywPlugin, { db, cookie: 'ryw' })
   fastifyApp.post<{ Body: { label: string } }>('/items', async (req, reply) => {
-    const s = req.db as Session
+    const s = req.db
     const r = await s.write<{ id: number }>('INSERT INTO ryw_items (label) VALUES ($1) RETURNING id', [
       req.body.label,
     ])
@@ -74,7 +74,7 @@ beforeAll(async () => {
     return { id: r.rows[0]!.id }
   })
   fastifyApp.get<{ Params: { id: string } }>('/items/:id', async (req, reply) => {
-    const s = req.db as Session
+    const s = req.db
     const r = await s.read('SELECT id, label FROM ryw_items WHERE id = $1', [Number(req.params.id)])
     if (r.rows.length === 0) return reply.code(404).send({ found: false })
     return r.rows[0]
