@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs'
 import { resolve } from 'node:path'
 import { parseArgs } from 'node:util'
 import { Lab, type LabStatus, startLab } from './lab.js'
-import { serverPids, teardown } from './procs.js'
+import { killLabSync, serverPids, teardown } from './procs.js'
 import { readState, statePath } from './state.js'
 import { errorMessage, isProcessAlive } from './util.js'
 
@@ -155,16 +155,34 @@ async function up(cli: ParsedCli, io: CliIO, log: (line: string) => void): Promi
     log(`removing the remains of a stopped lab in ${cli.dir}`)
     await teardown(old, log)
   }
-  const lab = await startLab({
-    nodes: cli.nodes,
-    synchronousMode: cli.sync,
-    redis: cli.redis,
-    sentinel: cli.sentinel,
-    baseDir: cli.dir,
-    readyTimeoutMs: cli.timeoutMs,
-    persistent: true,
-    log,
-  })
+  // A persistent lab has no exit hooks; but Ctrl-C while it boots must not leave half a lab.
+  const abort = (signal: NodeJS.Signals) => {
+    try {
+      killLabSync(readState(cli.dir))
+    } catch {
+      // no state file yet: nothing started
+    }
+    io.err(`resilient-lab up: interrupted by ${signal}; stopped what had started\n`)
+    process.exit(130)
+  }
+  process.once('SIGINT', abort)
+  process.once('SIGTERM', abort)
+  let lab: Lab
+  try {
+    lab = await startLab({
+      nodes: cli.nodes,
+      synchronousMode: cli.sync,
+      redis: cli.redis,
+      sentinel: cli.sentinel,
+      baseDir: cli.dir,
+      readyTimeoutMs: cli.timeoutMs,
+      persistent: true,
+      log,
+    })
+  } finally {
+    process.off('SIGINT', abort)
+    process.off('SIGTERM', abort)
+  }
   const info = await describe(lab)
   io.out(cli.json ? `${JSON.stringify(info, null, 2)}\n` : formatUp(info))
   return 0

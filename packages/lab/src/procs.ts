@@ -134,11 +134,17 @@ export function serverPids(state: LabState): { servers: number[]; patroni: numbe
  */
 export function killLabSync(state: LabState): void {
   const { servers, postmasters } = serverPids(state)
+  const shm = sharedMemoryOf(state)
   for (const pid of servers) signalTree(pid, 'SIGKILL', state.baseDir)
   for (const pid of postmasters) signalTree(pid, 'SIGKILL', state.baseDir)
   releasePorts(state.baseDir, state.ports)
   // With a live watchdog, the folder stays for it: it needs postmaster.pid to free shared memory.
   if (state.watchdogPid && isProcessAlive(state.watchdogPid)) return
+  // No watchdog (a persistent lab): wait briefly, synchronously, for the postmasters to die,
+  // then free the shared memory they leave after a SIGKILL.
+  const wait = new Int32Array(new SharedArrayBuffer(4))
+  for (let i = 0; i < 50 && postmasters.some(isProcessAlive); i++) Atomics.wait(wait, 0, 0, 20)
+  freeSharedMemory(shm)
   try {
     rmSync(state.baseDir, { recursive: true, force: true, maxRetries: 2, retryDelay: 20 })
   } catch {
@@ -156,10 +162,7 @@ export function killLabSync(state: LabState): void {
 export async function teardown(state: LabState, log: (line: string) => void): Promise<number[]> {
   if (state.watchdogPid) signalTree(state.watchdogPid, 'SIGKILL', state.baseDir)
   const { servers, patroni, postmasters } = serverPids(state)
-  const shm = state.members.flatMap((m) => {
-    const pm = readPostmasterPid(m.dataDir)
-    return pm?.shmId !== undefined && pm.shmKey !== undefined ? [{ key: pm.shmKey, id: pm.shmId }] : []
-  })
+  const shm = sharedMemoryOf(state)
   for (const pid of patroni) signalTree(pid, 'SIGKILL', state.baseDir)
   for (const pid of postmasters) signalTree(pid, 'SIGQUIT', state.baseDir)
   for (const pid of servers) if (!patroni.includes(pid)) signalTree(pid, 'SIGKILL', state.baseDir)
@@ -184,7 +187,15 @@ export async function teardown(state: LabState, log: (line: string) => void): Pr
   return alive
 }
 
-/** Removes SysV segments left by a postmaster killed with SIGKILL (only when nothing is attached). */
+/** The SysV segments named in the members' postmaster.pid files. */
+function sharedMemoryOf(state: LabState): Array<{ key: number; id: number }> {
+  return state.members.flatMap((m) => {
+    const pm = readPostmasterPid(m.dataDir)
+    return pm?.shmId !== undefined && pm.shmKey !== undefined ? [{ key: pm.shmKey, id: pm.shmId }] : []
+  })
+}
+
+/** Removes SysV segments left by postmasters killed with SIGKILL (call only after killing them). */
 export function freeSharedMemory(segments: Array<{ key: number; id: number }>): void {
   if (segments.length === 0) return
   let table: string
@@ -197,8 +208,9 @@ export function freeSharedMemory(segments: Array<{ key: number; id: number }>): 
     const cols = line.trim().split(/\s+/)
     const key = Number(cols[0])
     const id = Number(cols[1])
-    const nattch = Number(cols[6])
-    if (segments.some((s) => s.key === key && s.id === id) && nattch === 0) {
+    // IPC_RMID destroys the segment once its last process detaches (backends of a killed
+    // postmaster may still be exiting), so nattch need not be 0 yet.
+    if (segments.some((s) => s.key === key && s.id === id)) {
       try {
         execFileSync('ipcrm', ['-m', String(id)], { stdio: 'ignore' })
       } catch {
@@ -266,7 +278,7 @@ function cleanup() {
       const table = fs.readFileSync('/proc/sysvipc/shm', 'utf8').split('\n').slice(1)
       for (const line of table) {
         const c = line.trim().split(/\s+/)
-        if (Number(c[6]) === 0 && pms.some((p) => p.key === Number(c[0]) && p.id === Number(c[1]))) {
+        if (pms.some((p) => p.key === Number(c[0]) && p.id === Number(c[1]))) {
           try { cp.execFileSync('ipcrm', ['-m', c[1]], { stdio: 'ignore' }) } catch {}
         }
       }

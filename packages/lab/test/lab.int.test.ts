@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import { connect } from 'node:net'
 import { isProcessAlive, type Lab, redisCommand, startLab } from '@resilient/lab'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -171,7 +171,20 @@ describe('a 3-member Patroni lab with Redis', () => {
     const postmasters = lab.postmasterPids()
     expect(postmasters).toHaveLength(3)
     expect(pids.length).toBeGreaterThanOrEqual(6)
+    // PostgreSQL's SysV segments (line 7 of postmaster.pid: key, id) must not outlive the lab.
+    const segments = lab.state.members.map((m) => {
+      const [key, id] = readFileSync(`${m.dataDir}/postmaster.pid`, 'utf8')
+        .split('\n')[6]!
+        .trim()
+        .split(/\s+/)
+      return `${key} ${id}`
+    })
     await lab.down()
+    const table = readFileSync('/proc/sysvipc/shm', 'utf8')
+      .split('\n')
+      .slice(1)
+      .map((l) => l.trim().split(/\s+/).slice(0, 2).join(' '))
+    for (const seg of segments) expect(table).not.toContain(seg)
     for (const pid of pids) expect(() => process.kill(pid, 0), `pid ${pid}`).toThrow()
     for (const pid of postmasters) expect(isProcessAlive(pid), `postmaster ${pid}`).toBe(false)
     expect(existsSync(lab.baseDir)).toBe(false)
