@@ -160,8 +160,22 @@ interface Outcome {
 }
 
 /** A load (or L2 read) in progress for a key: its callers share it; it is its own race ticket. */
-interface Flight extends Ticket {
-  promise: Promise<Outcome>
+class Flight implements Ticket {
+  invalidated = false
+  promise!: Promise<Outcome>
+  #done = false
+  constructor(
+    readonly key: string,
+    readonly tags: readonly string[] | undefined,
+    readonly registry: Map<string, Flight>,
+  ) {}
+
+  /** The key is no longer in flight: the next caller starts afresh. Idempotent. */
+  finish(): void {
+    if (this.#done) return
+    this.#done = true
+    if (this.registry.get(this.key) === this) this.registry.delete(this.key)
+  }
 }
 
 interface Lookup {
@@ -338,20 +352,9 @@ class CacheImpl implements Cache {
   }
 
   #startFlight(key: string, loader: Loader<unknown>, opts: CallOptions, staleL1: Entry | undefined): Flight {
-    const flight: Flight = {
-      key,
-      tags: opts.tags,
-      invalidated: false,
-      promise: undefined as unknown as Promise<Outcome>,
-    }
-    let finished = false
-    const finish = () => {
-      if (finished) return
-      finished = true
-      if (this.#flights.get(key) === flight) this.#flights.delete(key)
-    }
+    const flight = new Flight(key, opts.tags, this.#flights)
     this.#flights.set(key, flight)
-    flight.promise = this.#runFlight(key, loader, opts, staleL1, flight, flight, finish)
+    flight.promise = this.#runFlight(key, loader, opts, staleL1, flight)
     return flight
   }
 
@@ -360,10 +363,9 @@ class CacheImpl implements Cache {
     loader: Loader<unknown>,
     opts: CallOptions,
     staleL1: Entry | undefined,
-    ticket: Ticket,
     flight: Flight,
-    finish: () => void,
   ): Promise<Outcome> {
+    const ticket: Ticket = flight
     try {
       let stale = staleL1
       // The generation read before the loader starts: the fill is stored only if it is unchanged.
@@ -374,10 +376,14 @@ class CacheImpl implements Cache {
       // miss this key, so the result is stored nowhere (not even in L1).
       let tagsFailed = false
       if (this.#client) {
-        const deadline = performance.now() + this.#o.redisTimeoutMs
         const token = this.#o.lease ? randomUUID() : ''
         const tagsDone = opts.tags?.length
-          ? this.#registerTags(key, opts.tags, opts.ttlMs + opts.graceMs, deadline)
+          ? this.#registerTags(
+              key,
+              opts.tags,
+              opts.ttlMs + opts.graceMs,
+              performance.now() + this.#o.redisTimeoutMs,
+            )
           : undefined
         const r = await this.#lookup(key, this.#o.redisTimeoutMs, token)
         const tagsOk = tagsDone ? await tagsDone : true
@@ -387,7 +393,7 @@ class CacheImpl implements Cache {
               this.#putL1(key, r.entry, ticket)
               if (r.lease) this.#background(this.#releaseLease(key, token))
               this.#publishHit(key, 'l2')
-              finish()
+              flight.finish()
               return { value: r.entry.value, source: 'l2' }
             }
             if (!stale || r.entry.exp > stale.exp) stale = r.entry
@@ -404,7 +410,7 @@ class CacheImpl implements Cache {
         const e = await this.#waitForLease(key, ticket)
         if (e) {
           this.#putL1(key, e, ticket)
-          finish()
+          flight.finish()
           return { value: e.value, source: 'l2' }
         }
       }
@@ -423,7 +429,7 @@ class CacheImpl implements Cache {
         } catch (err) {
           this.#loadFailed(key, err, started)
           if (leaseToken) this.#background(this.#releaseLease(key, leaseToken))
-          finish()
+          flight.finish()
           if (background) throw err
           if (stale && stale.hardExp > Date.now() && !ResilientError.is(err, 'E_SHUTTING_DOWN')) {
             return this.#serveStale(
@@ -437,12 +443,12 @@ class CacheImpl implements Cache {
         }
         this.#publishLoad(key, started, true)
         try {
-          const entry = this.#store(key, value, opts, ticket, generation, leaseToken, finish, tagsFailed)
+          const entry = this.#store(key, value, opts, flight, generation, leaseToken, tagsFailed)
           flight.promise = Promise.resolve({ value: entry.value, source: 'load' })
           return { value, source: 'load' }
         } catch (err) {
           if (leaseToken) this.#background(this.#releaseLease(key, leaseToken))
-          finish()
+          flight.finish()
           throw err
         }
       }
@@ -459,7 +465,7 @@ class CacheImpl implements Cache {
       return settle(false)
     } catch (err) {
       // Whatever went wrong, the key must not stay "in flight" for later callers.
-      finish()
+      flight.finish()
       throw err
     }
   }
@@ -489,12 +495,12 @@ class CacheImpl implements Cache {
     key: string,
     value: unknown,
     opts: CallOptions,
-    ticket: Ticket,
+    flight: Flight,
     generation: string | undefined,
     leaseToken: string,
-    finish: () => void,
     tagsFailed: boolean,
   ): Entry {
+    const ticket: Ticket = flight
     const payload = serializeValue(value, this.#o.serializer, this.#o.maxValueBytes)
     const now = Date.now()
     const entry: Entry = {
@@ -507,13 +513,13 @@ class CacheImpl implements Cache {
     if (ticket.invalidated || tagsFailed) {
       this.#discarded(key, tagsFailed ? 'tag-registration-failed' : 'invalidated')
       if (leaseToken) this.#background(this.#releaseLease(key, leaseToken))
-      finish()
+      flight.finish()
       return entry
     }
     this.#putL1(key, entry, ticket)
     if (!this.#client || generation === undefined) {
       if (leaseToken) this.#background(this.#releaseLease(key, leaseToken))
-      finish()
+      flight.finish()
       return entry
     }
     const data = encodeL2(entry, payload)
@@ -528,7 +534,7 @@ class CacheImpl implements Cache {
         this.#discarded(key, 'generation-changed')
       }
     })
-    this.#background(write.finally(finish))
+    this.#background(write.finally(() => flight.finish()))
     return entry
   }
 
@@ -741,17 +747,17 @@ class CacheImpl implements Cache {
 
   /** Reads value + generation (and takes the lease if asked and the value is not fresh): one round trip. */
   #lookup(key: string, timeoutMs: number, leaseToken: string): Promise<Lookup | undefined> {
-    const base = `${this.namespace}:{${key}}`
+    const ns = this.namespace
     const r = leaseToken
       ? this.#op('lookup', timeoutMs, () =>
           runScript(
             this.#client!,
             'lookupLease',
-            [`${base}:v`, `${base}:g`, `${base}:l`],
+            [`${ns}:{${key}}:v`, `${ns}:{${key}}:g`, `${ns}:{${key}}:l`],
             [Date.now(), leaseToken, (this.#o.lease as { ttlMs: number }).ttlMs],
           ),
         )
-      : this.#op('lookup', timeoutMs, () => this.#client!.mget(`${base}:v`, `${base}:g`))
+      : this.#op('lookup', timeoutMs, () => this.#client!.mget(`${ns}:{${key}}:v`, `${ns}:{${key}}:g`))
     return r.then(this.#decodeLookup)
   }
 
