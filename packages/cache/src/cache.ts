@@ -587,13 +587,7 @@ class CacheImpl implements Cache {
         this.#client!,
         'write',
         [k.value, k.generation],
-        [
-          encodeL2(entry, payload),
-          px,
-          GENERATION_TTL_MS,
-          this.#l1 ? this.#channel : '',
-          this.#message([key]),
-        ],
+        [encodeL2(entry, payload), px, GENERATION_TTL_MS, this.#channel, this.#message([key])],
       ),
     )
     const tagsOk = tags ? await tags : true
@@ -611,7 +605,7 @@ class CacheImpl implements Cache {
         this.#client!,
         'invalidate',
         [k.value, k.generation],
-        [GENERATION_TTL_MS, this.#l1 ? this.#channel : '', this.#message([key])],
+        [GENERATION_TTL_MS, this.#channel, this.#message([key])],
       ),
     )
     if (!r.ok) throw this.#unavailable('delete', r.error)
@@ -649,10 +643,9 @@ class CacheImpl implements Cache {
       )
       const failed = results.find((r) => !r.ok)
       if (failed) throw this.#unavailable('deleteByTag', failed.ok ? undefined : failed.error)
-      if (this.#l1) {
-        const msg = this.#message(chunk)
-        await this.#op('publish', this.#o.redisTimeoutMs, () => this.#client!.publish(this.#channel, msg))
-      }
+      // Published even without an L1 here: other instances of the namespace may have one.
+      const msg = this.#message(chunk)
+      await this.#op('publish', this.#o.redisTimeoutMs, () => this.#client!.publish(this.#channel, msg))
       await this.#op('srem', this.#o.redisTimeoutMs, () => this.#client!.srem(tagKey, ...chunk))
     }
     return keys.length

@@ -129,6 +129,17 @@ describe('two instances sharing Redis', () => {
     await b.getOrLoad('k', async () => 'v2')
     await a.set('k', 'v3')
     await until(async () => (await b.get('k')) === 'v3', 2_000, 'set propagated')
+    // an instance without an L1 of its own still tells the others
+    const noL1 = make({ namespace: 'pubsub', l1: false })
+    await ready(noL1)
+    const received = b.stats().invalidationsReceived
+    await noL1.delete('k')
+    await until(
+      () => b.stats().invalidationsReceived > received,
+      2_000,
+      'invalidation from an L1-less instance',
+    )
+    expect(await b.get('k')).toBeUndefined()
   })
 
   it('stampede: 1,000 concurrent misses on one key call the loader exactly once', async () => {
