@@ -214,6 +214,8 @@ class CacheImpl implements Cache {
   readonly #flights = new Map<string, Flight>()
   readonly #pending = new Set<Promise<unknown>>()
   readonly #closeController = new AbortController()
+  /** Rejecters of running loads that took no signal: close() settles them with E_SHUTTING_DOWN. */
+  readonly #unsignalled = new Set<(err: unknown) => void>()
   readonly #id = randomUUID()
   readonly #channel: string
   readonly #cleanup: (() => void)[] = []
@@ -418,10 +420,7 @@ class CacheImpl implements Cache {
       const { soft, hard } = this.#o.loaderTimeoutMs
       this.#s.loads++
       const started = performance.now()
-      const load = withTimeout(async (signal) => loader(signal as AbortSignal), hard, {
-        signal: this.#closeController.signal,
-        operation: 'cache loader',
-      })
+      const load = this.#runLoader(loader, hard)
       const settle = async (background: boolean): Promise<Outcome> => {
         let value: unknown
         try {
@@ -468,6 +467,55 @@ class CacheImpl implements Cache {
       flight.finish()
       throw err
     }
+  }
+
+  /**
+   * Runs the loader with the hard timeout. A loader that declares a parameter gets an
+   * AbortSignal (aborted at the hard timeout and on close()); one that does not is raced
+   * against a plain timer, which costs far less than an AbortController per load.
+   */
+  #runLoader(loader: Loader<unknown>, hard: number): Promise<unknown> {
+    if (loader.length > 0) {
+      return withTimeout(async (signal) => loader(signal as AbortSignal), hard, {
+        signal: this.#closeController.signal,
+        operation: 'cache loader',
+      })
+    }
+    const closing = this.#closeController.signal
+    if (closing.aborted) return Promise.reject(closing.reason)
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#unsignalled.delete(reject)
+        reject(
+          new ResilientError('E_TIMEOUT', `cache loader timed out after ${hard} ms`, {
+            details: { timeoutMs: hard },
+          }),
+        )
+      }, hard)
+      this.#unsignalled.add(reject)
+      const done = () => {
+        clearTimeout(timer)
+        this.#unsignalled.delete(reject)
+      }
+      let work: Promise<unknown>
+      try {
+        work = Promise.resolve((loader as () => unknown)())
+      } catch (err) {
+        done()
+        reject(err)
+        return
+      }
+      work.then(
+        (v) => {
+          done()
+          resolve(v)
+        },
+        (err) => {
+          done()
+          reject(err)
+        },
+      )
+    })
   }
 
   #serveStale(key: string, stale: Entry, reason: StaleReason, error: unknown): Outcome {
@@ -969,7 +1017,10 @@ class CacheImpl implements Cache {
   }
 
   async #close(): Promise<void> {
-    this.#closeController.abort(new ResilientError('E_SHUTTING_DOWN', 'the cache was closed'))
+    const reason = new ResilientError('E_SHUTTING_DOWN', 'the cache was closed')
+    this.#closeController.abort(reason)
+    for (const reject of this.#unsignalled) reject(reason)
+    this.#unsignalled.clear()
     await this.flush()
     this.#breaker.shutdown()
     this.#deadlines.stop()

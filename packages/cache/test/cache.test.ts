@@ -218,6 +218,15 @@ describe('TTL and grace (fake timers)', () => {
     expect(cache.stats()).toMatchObject({ loaderTimeouts: 1 })
   })
 
+  it('hard timeout for a loader that takes no signal: E_TIMEOUT too (a timer, no AbortController)', async () => {
+    cache = createCache({ redis: false, loaderTimeoutMs: { hard: 200 } })
+    const p = cache.getOrLoad('k', () => new Promise<string>(() => {})).catch((e: unknown) => e)
+    await vi.advanceTimersByTimeAsync(199)
+    expect(cache.stats().loaderTimeouts).toBe(0)
+    await vi.advanceTimersByTimeAsync(1)
+    expect(ResilientError.is(await p, 'E_TIMEOUT')).toBe(true)
+  })
+
   it('hard timeout with a stale value serves it (reason hard-timeout)', async () => {
     cache = createCache({ redis: false, ttlMs: 100, graceMs: 10_000, loaderTimeoutMs: { hard: 200 } })
     await cache.getOrLoad('k', async () => 'old')
@@ -328,5 +337,12 @@ describe('lifecycle and health', () => {
     expect(signal?.aborted).toBe(true)
     await expect(cache.getOrLoad('k', () => 1)).rejects.toMatchObject({ code: 'E_SHUTTING_DOWN' })
     expect((await cache.check()).status).toBe('warn')
+  })
+
+  it('close() settles a running load that took no signal with E_SHUTTING_DOWN', async () => {
+    cache = createCache({ redis: false })
+    const p = cache.getOrLoad('k', () => new Promise(() => {})).catch((e: unknown) => e)
+    await cache.close()
+    expect(ResilientError.is(await p, 'E_SHUTTING_DOWN')).toBe(true)
   })
 })
