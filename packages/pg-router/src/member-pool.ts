@@ -20,6 +20,45 @@ interface ClientInfo {
 
 const clientInfo = new WeakMap<object, ClientInfo>()
 
+interface Deadline {
+  at: number
+  fire: () => void
+}
+
+/**
+ * One coarse timer for every statement deadline in the process instead of a setTimeout per
+ * statement (the hot path): it ticks every 20 ms while statements are in flight, and stops
+ * after a tick with none. A deadline fires between `timeoutMs` and `timeoutMs + 20` ms.
+ */
+const DEADLINE_TICK_MS = 20
+const deadlines = new Set<Deadline>()
+let deadlineTimer: NodeJS.Timeout | undefined
+
+function sweepDeadlines(): void {
+  if (deadlines.size === 0) {
+    clearInterval(deadlineTimer)
+    deadlineTimer = undefined
+    return
+  }
+  const now = performance.now()
+  for (const d of deadlines) {
+    if (d.at <= now) {
+      deadlines.delete(d)
+      d.fire()
+    }
+  }
+}
+
+function addDeadline(ms: number, fire: () => void): Deadline {
+  const d = { at: performance.now() + ms, fire }
+  deadlines.add(d)
+  if (deadlineTimer === undefined) {
+    deadlineTimer = setInterval(sweepDeadlines, DEADLINE_TICK_MS)
+    deadlineTimer.unref()
+  }
+  return d
+}
+
 /** The parts of pg's client state we read (pg-pool reads the same two fields). */
 interface PgClientState {
   _queryable?: boolean
@@ -112,9 +151,10 @@ export class Lease {
     if (!(timeoutMs > 0) && !signal) return p
     return new Promise((resolve, reject) => {
       let done = false
+      let deadline: Deadline | undefined
       const finish = () => {
         done = true
-        clearTimeout(timer)
+        if (deadline) deadlines.delete(deadline)
         signal?.removeEventListener('abort', onAbort)
       }
       const onAbort = () => {
@@ -123,24 +163,19 @@ export class Lease {
         this.broken = true
         reject(abortError(signal!, 'query'))
       }
-      const timer =
-        timeoutMs > 0
-          ? setTimeout(() => {
-              if (done) return
-              finish()
-              this.broken = true
-              reject(
-                new ResilientError(
-                  'E_TIMEOUT',
-                  `query on ${this.member.name} timed out after ${timeoutMs} ms`,
-                  {
-                    details: { member: this.member.name, timeoutMs },
-                  },
-                ),
-              )
-            }, timeoutMs)
-          : undefined
       if (signal?.aborted) return onAbort()
+      if (timeoutMs > 0) {
+        deadline = addDeadline(timeoutMs, () => {
+          if (done) return
+          finish()
+          this.broken = true
+          reject(
+            new ResilientError('E_TIMEOUT', `query on ${this.member.name} timed out after ${timeoutMs} ms`, {
+              details: { member: this.member.name, timeoutMs },
+            }),
+          )
+        })
+      }
       signal?.addEventListener('abort', onAbort, { once: true })
       p.then(
         (r) => {
@@ -182,8 +217,8 @@ export class MemberPool {
   readonly port: number
   #config: MemberPoolConfig
   #pool: pg.Pool | null = null
-  /** Aborted when the current generation is drained: its waiting connects give up at once. */
-  #drained = new AbortController()
+  /** Connects waiting in the current generation; drain() rejects them at once. */
+  #waiting = new Set<(err: Error) => void>()
   #generation = 0
   #draining = new Set<Promise<void>>()
   #closed = false
@@ -271,12 +306,11 @@ export class MemberPool {
     if (signal?.aborted) throw abortError(signal, 'connect')
     const pool = this.#current()
     const generation = this.#generation
-    const drained = this.#drained.signal
     // Saturated: a timeout now means "busy", not "the server is gone".
     const saturated = pool.idleCount === 0 && pool.totalCount >= this.#config.max
     let client: pg.PoolClient
     try {
-      client = await connectWithSignal(pool, signal, drained, this.name)
+      client = await connectWithSignal(pool, signal, this.#waiting)
     } catch (err) {
       this.#connectErrors++
       if (saturated && !ResilientError.is(err) && errorCodeOf(err) === undefined) {
@@ -317,8 +351,10 @@ export class MemberPool {
     const p = this.#pool
     if (!p) return
     this.#pool = null
-    this.#drained.abort()
-    this.#drained = new AbortController()
+    const waiting = this.#waiting
+    this.#waiting = new Set()
+    const err = drainedError(this.name)
+    for (const reject of waiting) reject(err)
     const done: Promise<void> = p.end().then(
       () => {
         this.#draining.delete(done)
@@ -360,44 +396,38 @@ export class MemberPool {
 /**
  * pool.connect(), but the caller's abort, or the drain of this pool generation, rejects at
  * once; a client that arrives later goes straight back (to a pool that is ending: it closes).
+ * With an idle client at hand and no signal, it is pool.connect() itself (the hot path).
  */
 function connectWithSignal(
   pool: pg.Pool,
   signal: AbortSignal | undefined,
-  drained: AbortSignal,
-  member: string,
+  waiting: Set<(err: Error) => void>,
 ): Promise<pg.PoolClient> {
   const p = pool.connect()
+  if (!signal && pool.idleCount > 0) return p
   return new Promise((resolve, reject) => {
     let done = false
-    const onAbort = () => {
+    const fail = (err: Error) => {
       if (done) return
       done = true
       cleanup()
-      reject(signal?.aborted ? abortError(signal, 'connect') : drainedError(member))
+      reject(err)
     }
+    const onAbort = () => fail(abortError(signal!, 'connect'))
     const cleanup = () => {
       signal?.removeEventListener('abort', onAbort)
-      drained.removeEventListener('abort', onAbort)
+      waiting.delete(fail)
     }
     signal?.addEventListener('abort', onAbort, { once: true })
-    drained.addEventListener('abort', onAbort, { once: true })
+    waiting.add(fail)
     p.then(
       (client) => {
+        if (done) return client.release()
+        done = true
         cleanup()
-        if (done) client.release()
-        else {
-          done = true
-          resolve(client)
-        }
+        resolve(client)
       },
-      (err) => {
-        cleanup()
-        if (!done) {
-          done = true
-          reject(err)
-        }
-      },
+      (err) => fail(err),
     )
   })
 }

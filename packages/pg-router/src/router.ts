@@ -268,11 +268,13 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
     let lastErr: unknown
     for (let attempt = 1; ; attempt++) {
       if (closed) throw closedError()
-      let member: Member
-      try {
-        member = await gate.wait(signal, deadline)
-      } catch (err) {
-        throw timedOut(err, lastErr)
+      let member = gate.writer
+      if (member === null || signal?.aborted) {
+        try {
+          member = await gate.wait(signal, deadline)
+        } catch (err) {
+          throw timedOut(err, lastErr)
+        }
       }
       try {
         return { lease: await member.pool.acquire('write', signal), member, attempts: attempt }

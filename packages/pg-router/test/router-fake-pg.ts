@@ -1,0 +1,148 @@
+import type { AddressInfo } from 'node:net'
+import * as net from 'node:net'
+
+/**
+ * A tiny PostgreSQL wire-protocol server for protocol edge cases: trust auth, simple query
+ * protocol only. `answer(sql)` decides per statement: rows of one text/bool column, hang
+ * (never answer), or a FATAL error followed by closing the connection.
+ */
+export type FakeAnswer =
+  | { rows: Array<string | null>; type?: 'bool' | 'text' }
+  | { hang: true }
+  | { fatal: string }
+  | { error: string }
+
+export interface FakePg {
+  port: number
+  /** Connections accepted so far / closed so far. */
+  accepted: () => number
+  closed: () => number
+  /** Sends an unsolicited FATAL (e.g. 57P01) to every open connection, then closes them. */
+  terminateAll(code: string): void
+  close(): Promise<void>
+}
+
+function msg(type: string, body: Buffer): Buffer {
+  const head = Buffer.alloc(5)
+  head.write(type, 0, 'latin1')
+  head.writeInt32BE(body.length + 4, 1)
+  return Buffer.concat([head, body])
+}
+
+const cstr = (s: string) => Buffer.from(`${s}\0`, 'utf8')
+
+function errorResponse(severity: string, code: string): Buffer {
+  return msg(
+    'E',
+    Buffer.concat([
+      Buffer.from('S'),
+      cstr(severity),
+      Buffer.from('V'),
+      cstr(severity),
+      Buffer.from('C'),
+      cstr(code),
+      Buffer.from('M'),
+      cstr('fake server says so'),
+      Buffer.from([0]),
+    ]),
+  )
+}
+
+const ready = () => msg('Z', Buffer.from('I'))
+
+function rowsResponse(values: Array<string | null>, type: 'bool' | 'text'): Buffer {
+  const field = Buffer.concat([cstr('r'), Buffer.alloc(18)])
+  field.writeInt32BE(0, 2) // table oid (after the name's bytes: name is 2 bytes 'r\0')
+  field.writeInt16BE(0, 6)
+  field.writeInt32BE(type === 'bool' ? 16 : 25, 8)
+  field.writeInt16BE(type === 'bool' ? 1 : -1, 12)
+  field.writeInt32BE(-1, 14)
+  field.writeInt16BE(0, 18)
+  const nfields = Buffer.alloc(2)
+  nfields.writeInt16BE(1)
+  const parts = [msg('T', Buffer.concat([nfields, field]))]
+  for (const v of values) {
+    const head = Buffer.alloc(6)
+    head.writeInt16BE(1, 0)
+    if (v === null) {
+      head.writeInt32BE(-1, 2)
+      parts.push(msg('D', head))
+    } else {
+      const data = Buffer.from(v, 'utf8')
+      head.writeInt32BE(data.length, 2)
+      parts.push(msg('D', Buffer.concat([head, data])))
+    }
+  }
+  parts.push(msg('C', cstr(`SELECT ${values.length}`)), ready())
+  return Buffer.concat(parts)
+}
+
+export async function startFakePg(answer: (sql: string) => FakeAnswer): Promise<FakePg> {
+  const sockets = new Set<net.Socket>()
+  let accepted = 0
+  let closed = 0
+  const server = net.createServer((sock) => {
+    accepted++
+    sockets.add(sock)
+    sock.on('error', () => {})
+    sock.on('close', () => {
+      closed++
+      sockets.delete(sock)
+    })
+    let buf = Buffer.alloc(0)
+    let started = false
+    sock.on('data', (chunk) => {
+      buf = Buffer.concat([buf, chunk])
+      for (;;) {
+        if (!started) {
+          if (buf.length < 8) return
+          const len = buf.readInt32BE(0)
+          if (buf.length < len) return
+          const code = buf.readInt32BE(4)
+          buf = buf.subarray(len)
+          if (code === 80877103) {
+            sock.write('N') // no SSL
+            continue
+          }
+          started = true
+          const auth = Buffer.alloc(4)
+          sock.write(Buffer.concat([msg('R', auth), ready()]))
+          continue
+        }
+        if (buf.length < 5) return
+        const type = String.fromCharCode(buf[0]!)
+        const len = buf.readInt32BE(1)
+        if (buf.length < len + 1) return
+        const body = buf.subarray(5, len + 1)
+        buf = buf.subarray(len + 1)
+        if (type === 'X') return void sock.end()
+        if (type !== 'Q') continue
+        const sql = body.subarray(0, body.length - 1).toString('utf8')
+        const a = answer(sql)
+        if ('hang' in a) continue
+        if ('fatal' in a) {
+          sock.end(errorResponse('FATAL', a.fatal))
+          return
+        }
+        if ('error' in a) {
+          sock.write(Buffer.concat([errorResponse('ERROR', a.error), ready()]))
+          continue
+        }
+        sock.write(rowsResponse(a.rows, a.type ?? 'text'))
+      }
+    })
+  })
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
+  return {
+    port: (server.address() as AddressInfo).port,
+    accepted: () => accepted,
+    closed: () => closed,
+    terminateAll(code) {
+      for (const s of sockets) s.end(errorResponse('FATAL', code))
+    },
+    close: async () => {
+      for (const s of sockets) s.destroy()
+      await new Promise((r) => server.close(r))
+    },
+  }
+}

@@ -1,0 +1,177 @@
+import * as dc from 'node:diagnostics_channel'
+import { Emitter, ResilientError } from '@resilient/core'
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
+import { channelNames } from '../src/channels.js'
+import type { DiscoveredMember, Discovery } from '../src/discovery/types.js'
+import { createPgRouter, type PgRouter } from '../src/router.js'
+import { type FakeAnswer, type FakePg, startFakePg } from './router-fake-pg.js'
+
+// Protocol edge cases against an in-process fake PostgreSQL on port 0 (no real server).
+const unhandled: unknown[] = []
+const onUnhandled = (reason: unknown) => unhandled.push(reason)
+beforeAll(() => process.on('unhandledRejection', onUnhandled))
+afterAll(() => {
+  process.off('unhandledRejection', onUnhandled)
+  expect(unhandled).toEqual([])
+})
+
+let fake: FakePg | undefined
+let db: PgRouter | undefined
+afterEach(async () => {
+  await db?.close()
+  await fake?.close()
+  db = undefined
+  fake = undefined
+})
+
+function discoveryOf(port: number): Discovery {
+  const m: DiscoveredMember = {
+    name: 'fake',
+    host: '127.0.0.1',
+    port,
+    role: 'primary',
+    state: 'running',
+    lagBytes: null,
+    timeline: 1,
+    sync: false,
+  }
+  return {
+    discover: async () => ({ members: [m], source: 'fake', at: performance.now() }),
+    onError: (l) => new Emitter<{ source: string; error: Error }>().on(l),
+    close: async () => {},
+  }
+}
+
+/** A primary that answers the role check and the monitor's probe, and `extra` for the rest. */
+function primary(extra: (sql: string) => FakeAnswer | undefined = () => undefined) {
+  return (sql: string): FakeAnswer => {
+    const e = extra(sql)
+    if (e) return e
+    if (sql.includes('pg_is_in_recovery() AS r') && !sql.includes('CASE'))
+      return { rows: ['f'], type: 'bool' }
+    if (sql.includes('CASE WHEN')) return { rows: ['0/3000060'] }
+    return { rows: ['1'] }
+  }
+}
+
+const connection = { user: 'u', password: 'p', database: 'd' }
+
+describe('a statement that never gets an answer', () => {
+  it('is bounded by pool.queryTimeoutMs; its connection is destroyed; a write reports E_COMMIT_UNKNOWN', async () => {
+    fake = await startFakePg(primary((sql) => (sql.startsWith('SELECT hang') ? { hang: true } : undefined)))
+    db = createPgRouter({
+      discovery: discoveryOf(fake.port),
+      connection,
+      pool: { queryTimeoutMs: 150 },
+      failover: { timeoutMs: 2_000 },
+    })
+    await db.ready({ timeoutMs: 2_000 })
+    const closedBefore = fake.closed()
+    const err = await db.write('SELECT hang').catch((e: unknown) => e)
+    expect(err).toMatchObject({ code: 'E_COMMIT_UNKNOWN', details: { txid: null } })
+    expect((err as Error).cause).toMatchObject({ code: 'E_TIMEOUT' })
+    await expect(db.write('SELECT ok')).resolves.toMatchObject({ rows: [{ r: '1' }] })
+    await new Promise((r) => setTimeout(r, 50))
+    expect(fake.closed()).toBeGreaterThan(closedBefore) // the hung connection was closed
+    expect(db.stats().members[0]!.discarded).toBeGreaterThanOrEqual(1)
+    // a slow statement is not a failover: the primary stays confirmed
+    expect(db.topology().primary?.name).toBe('fake')
+  })
+
+  it('an AbortSignal ends it with E_ABORTED', async () => {
+    fake = await startFakePg(primary((sql) => (sql.startsWith('SELECT hang') ? { hang: true } : undefined)))
+    db = createPgRouter({ discovery: discoveryOf(fake.port), connection })
+    await db.ready({ timeoutMs: 2_000 })
+    const ac = new AbortController()
+    const p = db.read('SELECT hang', undefined, { signal: ac.signal })
+    setTimeout(() => ac.abort(), 30)
+    await expect(p).rejects.toMatchObject({ code: 'E_ABORTED' })
+  })
+})
+
+describe('the server terminates connections', () => {
+  it('57P01 to idle pooled connections: no crash, suspicion, re-confirmed, writes go on', async () => {
+    const suspects: unknown[] = []
+    const poolErrors: unknown[] = []
+    const s1 = (m: unknown) => suspects.push(m)
+    const s2 = (m: unknown) => poolErrors.push(m)
+    dc.subscribe(channelNames.suspect, s1)
+    dc.subscribe(channelNames.poolError, s2)
+    try {
+      fake = await startFakePg(primary())
+      db = createPgRouter({ discovery: discoveryOf(fake.port), connection })
+      await db.ready({ timeoutMs: 2_000 })
+      await Promise.all([db.write('SELECT 1'), db.write('SELECT 2'), db.write('SELECT 3')])
+      const failovers: unknown[] = []
+      db.onFailover((e) => failovers.push(e))
+      fake.terminateAll('57P01')
+      await new Promise((r) => setTimeout(r, 100))
+      expect(poolErrors.length).toBeGreaterThan(0)
+      expect(poolErrors[0]).toMatchObject({ member: 'fake', sqlState: '57P01' })
+      expect(suspects[0]).toMatchObject({ member: 'fake', reason: '57P01' })
+      await expect(db.write('SELECT 4')).resolves.toMatchObject({ rows: [{ r: '1' }] })
+      expect(db.topology().primary?.name).toBe('fake')
+      expect(failovers).toEqual([]) // the same primary came back: not a failover
+    } finally {
+      dc.unsubscribe(channelNames.suspect, s1)
+      dc.unsubscribe(channelNames.poolError, s2)
+    }
+  })
+
+  it('a FATAL in the middle of a read is retried; in the middle of a write it is E_COMMIT_UNKNOWN', async () => {
+    let fatalOnce = 0
+    fake = await startFakePg(
+      primary((sql) =>
+        sql.startsWith('SELECT flaky') && fatalOnce++ % 2 === 0 ? { fatal: '57P01' } : undefined,
+      ),
+    )
+    db = createPgRouter({ discovery: discoveryOf(fake.port), connection })
+    await db.ready({ timeoutMs: 2_000 })
+    await expect(db.read('SELECT flaky')).resolves.toMatchObject({ rows: [{ r: '1' }] })
+    const err = await db.write('SELECT flaky').catch((e: unknown) => e)
+    expect(err).toMatchObject({ code: 'E_COMMIT_UNKNOWN', details: { sqlState: '57P01', txid: null } })
+    // every other 'flaky' statement is cut off: two idempotent writes meet one cut, retried
+    const before = db.stats().retries.write
+    for (let i = 0; i < 2; i++) {
+      await expect(db.write('SELECT flaky', undefined, { idempotent: true })).resolves.toMatchObject({
+        rows: [{ r: '1' }],
+      })
+    }
+    expect(db.stats().retries.write).toBe(before + 1)
+  })
+
+  it('25006 on a write: rerouted (retried) instead of failing', async () => {
+    let refusals = 0
+    fake = await startFakePg(
+      primary((sql) => (sql.startsWith('INSERT') && refusals++ === 0 ? { error: '25006' } : undefined)),
+    )
+    db = createPgRouter({ discovery: discoveryOf(fake.port), connection })
+    await db.ready({ timeoutMs: 2_000 })
+    await expect(db.write('INSERT INTO t VALUES (1)')).resolves.toBeDefined()
+    expect(refusals).toBe(2) // refused once, then executed
+    expect(db.stats().retries.write).toBe(1)
+  })
+})
+
+describe('a member whose role check says "in recovery"', () => {
+  it('never gets a write: E_FAILOVER_TIMEOUT, role-mismatch published', async () => {
+    const mismatches: unknown[] = []
+    const s = (m: unknown) => mismatches.push(m)
+    dc.subscribe(channelNames.roleMismatch, s)
+    let writes = 0
+    try {
+      fake = await startFakePg((sql) => {
+        if (sql.includes('pg_is_in_recovery')) return { rows: ['t'], type: 'bool' }
+        writes++
+        return { rows: ['1'] }
+      })
+      db = createPgRouter({ discovery: discoveryOf(fake.port), connection, failover: { timeoutMs: 300 } })
+      const err = await db.write('INSERT INTO t VALUES (1)').catch((e: unknown) => e)
+      expect(ResilientError.is(err, 'E_FAILOVER_TIMEOUT')).toBe(true)
+      expect(writes).toBe(0)
+      expect(mismatches[0]).toMatchObject({ member: 'fake', expected: 'primary' })
+    } finally {
+      dc.unsubscribe(channelNames.roleMismatch, s)
+    }
+  })
+})
