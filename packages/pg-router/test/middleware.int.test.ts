@@ -9,6 +9,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
 // One 3-node lab (about 5-20 s to boot). Replay is paused on both replicas, so a read that
 // goes to a replica cannot see a fresh write: only the session token can make it visible.
+// Patroni 3 resumes paused replay on PostgreSQL 14+ in its HA loop unless the cluster is in
+// maintenance mode, so the cluster is put in maintenance mode (`pause`) first.
 let lab: Lab
 let db: PgRouter
 let paused: string[] = []
@@ -18,6 +20,34 @@ const closers: (() => Promise<unknown>)[] = []
 
 async function sqlOnReplicas(text: string) {
   for (const r of paused) await lab.sql(text, r)
+}
+
+/** Patroni maintenance mode on, seen by every member (GET /patroni says pause: true). */
+async function patroniMaintenance(on: boolean) {
+  const res = await fetch(`${lab.patroni.endpoints[0]}/config`, {
+    method: 'PATCH',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ pause: on }),
+    signal: AbortSignal.timeout(5_000),
+  })
+  expect(res.status).toBe(200)
+  for (const m of lab.members) {
+    for (let i = 0; ; i++) {
+      const st = (await (
+        await fetch(`${m.apiUrl}/patroni`, { signal: AbortSignal.timeout(2_000) })
+      ).json()) as {
+        pause?: boolean
+      }
+      if (Boolean(st.pause) === on) break
+      if (i > 100) throw new Error(`${m.name} did not see pause=${on}`)
+      await new Promise((r) => setTimeout(r, 100))
+    }
+  }
+}
+
+/** Fails the test if replay was resumed behind our back (the control would prove nothing). */
+async function expectReplayPaused() {
+  for (const r of paused) expect(await lab.sql('SELECT pg_is_wal_replay_paused()', r)).toEqual([['t']])
 }
 
 beforeAll(async () => {
@@ -39,6 +69,14 @@ beforeAll(async () => {
       await new Promise((res) => setTimeout(res, 100))
     }
   }
+  // The router must know both replicas as readable before the control read means anything.
+  for (let i = 0; i < 300; i++) {
+    const t = db.topology()
+    if (t.replicas.length === 2 && t.replicas.every((r) => r.healthy)) break
+    await new Promise((res) => setTimeout(res, 100))
+  }
+  expect(db.topology().replicas.filter((r) => r.healthy)).toHaveLength(2)
+  await patroniMaintenance(true)
   paused = replicas.map((r) => r.name)
   await sqlOnReplicas('SELECT pg_wal_replay_pause()')
 
@@ -98,6 +136,7 @@ describe('read-your-writes through real HTTP servers, replicas not replaying', (
     expect(viaReplica.rows).toEqual([])
     const res = await fetch(`${expressUrl}/items/${id}`)
     expect(res.status).toBe(404)
+    await expectReplayPaused()
   })
 
   it('express: the POST response carries a token; a GET with it reads its own write', async () => {
@@ -119,6 +158,7 @@ describe('read-your-writes through real HTTP servers, replicas not replaying', (
 
     const other = await fetch(`${expressUrl}/items/${id}`)
     expect(other.status).toBe(404)
+    await expectReplayPaused()
   })
 
   it('fastify: the token travels in a cookie as well', async () => {
@@ -139,6 +179,7 @@ describe('read-your-writes through real HTTP servers, replicas not replaying', (
     expect(await mine.json()).toEqual({ id, label: 'from fastify' })
     const other = await fetch(`${base}/items/${id}`)
     expect(other.status).toBe(404)
+    await expectReplayPaused()
   })
 
   it('once replay resumes, the replicas serve the row without a token', async () => {
