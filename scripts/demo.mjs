@@ -9,7 +9,8 @@
 //   node scripts/demo.mjs            (npm run demo installs, builds, then runs this)
 //
 // Environment: DEMO_READERS (12), DEMO_WRITERS (4), DEMO_KILL_AT_S (15), DEMO_PAUSE_AT_S (55),
-// DEMO_RESUME_AT_S (70), DEMO_END_S (85). The lab is always torn down, also on failure.
+// DEMO_RESUME_AT_S (70), DEMO_END_S (85), APP_NODE_OPTIONS (node options for the app only).
+// The lab is always torn down, also on failure.
 import { spawn, spawnSync } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { once } from 'node:events'
@@ -65,6 +66,8 @@ export async function startApp(
       REDIS_HOST: lab.redis.host,
       REDIS_PORT: String(lab.redis.port),
       EXPOSE_DEBUG: '1',
+      // APP_NODE_OPTIONS: node options for the app only (e.g. --trace-warnings).
+      ...(process.env.APP_NODE_OPTIONS ? { NODE_OPTIONS: process.env.APP_NODE_OPTIONS } : {}),
       ...env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],
