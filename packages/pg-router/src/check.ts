@@ -1,9 +1,18 @@
 /** The health check result shape @resilient/health consumes (draft-inadarei-api-health-check). */
 export interface CheckResult {
   status: 'pass' | 'warn' | 'fail'
+  /** 'discoveryAge' when observedValue is given. */
+  measurement?: string
+  /** The confirmed primary's member name, when there is one. */
+  componentId?: string
+  componentType?: 'datastore'
+  /** Milliseconds since discovery last answered. */
   observedValue?: number
   observedUnit?: string
+  /** Why it is not 'pass' (no secrets). */
   output?: string
+  /** { primary, replicasServingReads }: for verbose views. */
+  details?: Record<string, unknown>
 }
 
 export interface CheckState {
@@ -29,8 +38,15 @@ export function createCheck(state: CheckState): () => Promise<CheckResult> {
       return { status: 'fail', output: `several members claim to be primary: ${conflict.join(', ')}` }
     const d = state.discovery()
     const age = d.lastSuccessAt === null ? undefined : Math.max(0, Date.now() - d.lastSuccessAt)
-    const withAge = (r: CheckResult): CheckResult =>
-      age === undefined ? r : { ...r, observedValue: age, observedUnit: 'ms' }
+    const withAge = (r: CheckResult): CheckResult => {
+      const out: CheckResult = { ...r, componentType: 'datastore' }
+      if (age !== undefined) {
+        out.measurement = 'discoveryAge'
+        out.observedValue = age
+        out.observedUnit = 'ms'
+      }
+      return out
+    }
     const writer = state.writer()
     if (writer === null) {
       const since = state.suspectedAt()
@@ -42,13 +58,15 @@ export function createCheck(state: CheckState): () => Promise<CheckResult> {
             : `no confirmed primary: failover in progress for ${Math.round(performance.now() - since)} ms`,
       })
     }
-    const replicas = state.healthyReplicas()
+    const details = { primary: writer, replicasServingReads: state.healthyReplicas() }
     if (d.consecutiveFailures > 0) {
       return withAge({
         status: 'warn',
+        componentId: writer,
         output: `primary ${writer} works; discovery failed ${d.consecutiveFailures} time(s) in a row`,
+        details,
       })
     }
-    return withAge({ status: 'pass', output: `primary ${writer}; ${replicas} replica(s) serving reads` })
+    return withAge({ status: 'pass', componentId: writer, details })
   }
 }

@@ -335,7 +335,8 @@ export class Monitor {
       jobs.push(poll(writer, sql, true))
     }
     for (const m of this.members.values()) {
-      if (m.role === 'replica' && m !== writer) {
+      // a replica that discovery says is stopped/starting gets no probe (and no reads)
+      if (m.role === 'replica' && m !== writer && (m.state === 'running' || m.state === 'streaming')) {
         jobs.push(poll(m, 'SELECT pg_last_wal_replay_lsn()::text AS lsn', false))
       }
     }

@@ -17,6 +17,7 @@ let lab: Lab
 let db: PgRouter
 let nextId = 1
 const failovers: FailoverEvent[] = []
+const primaries: Array<string | null> = []
 
 interface Ack {
   id: number
@@ -164,6 +165,7 @@ beforeAll(async () => {
     failover: { timeoutMs: 30_000 },
   })
   db.onFailover((e) => failovers.push(e))
+  db.onTopologyChange((t) => primaries.push(t.primary?.name ?? null))
   await db.ready({ timeoutMs: 20_000 })
   await db.write(
     'CREATE TABLE acks (id bigint PRIMARY KEY, port int NOT NULL DEFAULT inet_server_port(), ' +
@@ -181,6 +183,7 @@ describe('failover under load (synchronous_mode)', () => {
     const delays: number[] = []
     for (let run = 1; run <= KILLS; run++) {
       const before = failovers.length
+      const topoStart = primaries.length
       const load = startLoad()
       let stopped = false
       try {
@@ -214,6 +217,11 @@ describe('failover under load (synchronous_mode)', () => {
             `confirm ${ev.durations.confirmMs} ms, first write ${ev.durations.firstWriteMs} ms`,
         )
         expect(ev.to).toBe(seen.name)
+        // onTopologyChange saw the writer go (null) and the new one come
+        const seenNow = primaries.slice(topoStart)
+        const gone = seenNow.indexOf(null)
+        expect(gone).toBeGreaterThanOrEqual(0)
+        expect(seenNow.slice(gone)).toContain(seen.name)
         await lab.startMember(old.name)
         await lab.waitForReplicas(2)
         await waitForStableSync()
