@@ -168,6 +168,30 @@ describe('routing on a healthy cluster', () => {
   })
 })
 
+describe('static hosts (no Patroni)', () => {
+  it('finds the primary by pg_is_in_recovery() and routes reads to the others', async () => {
+    const leader = (await lab.primary())!
+    const st = createPgRouter({
+      hosts: lab.members.map((m) => ({ host: m.host, port: m.port })),
+      connection: connection(),
+      pool: { max: 2 },
+    })
+    try {
+      await st.ready({ timeoutMs: 10_000 })
+      expect(st.topology().primary?.name).toBe(`${leader.host}:${leader.port}`)
+      const w = await st.write<{ port: number }>('SELECT inet_server_port() AS port')
+      expect(w.rows[0]!.port).toBe(leader.port)
+      await until('replicas to be measured', () =>
+        st.topology().replicas.filter((r) => r.healthy).length === 2 ? true : undefined,
+      )
+      const r = await st.read<{ r: boolean }>('SELECT pg_is_in_recovery() AS r')
+      expect(r.rows[0]!.r).toBe(true)
+    } finally {
+      await st.close()
+    }
+  })
+})
+
 describe('statements cut off by the server', () => {
   // A trigger that sleeps makes the statement (or COMMIT) last long enough to terminate its
   // backend from another connection while it runs: the client then gets 57P01 mid-statement.
