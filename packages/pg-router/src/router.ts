@@ -474,6 +474,7 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
     const signal = options?.signal
     const deadline = performance.now() + opts.failover.timeoutMs
     const tried = new Set<string>()
+    let statementTimeouts = 0
     for (let attempt = 1; ; attempt++) {
       tries.n = attempt
       const { lease, member } = await acquireReader(signal, deadline, minLsn, tried)
@@ -486,9 +487,12 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
         lease.release(c.discardConnection)
         monitor.reportFailure(member, lease.generation, c)
         if (signal?.aborted) throw err
-        // 40001 on a replica: cancelled by a conflict with recovery; another member will do
+        // 40001 on a replica: cancelled by a conflict with recovery; another member will do.
+        // A statement timeout is retried once: a hung replica, yes; a slow query, not again and again.
+        const timedOutHere = ResilientError.is(err, 'E_TIMEOUT')
         const retryable =
-          mayRetry(c.class, 'read') || (c.sqlState === '40001' && member !== gate.writer && !lease.lost)
+          (mayRetry(c.class, 'read') && !(timedOutHere && statementTimeouts++ > 0)) ||
+          (c.sqlState === '40001' && member !== gate.writer && !lease.lost)
         if (!retryable || performance.now() >= deadline) throw err
         tried.add(member.name)
         retries.read++

@@ -78,6 +78,26 @@ describe('a statement that never gets an answer', () => {
     expect(db.topology().primary?.name).toBe('fake')
   })
 
+  it('a read that times out is retried once, not until the failover deadline', async () => {
+    let hangs = 0
+    fake = await startFakePg(
+      primary((sql) => {
+        if (!sql.startsWith('SELECT hang')) return undefined
+        hangs++
+        return { hang: true }
+      }),
+    )
+    db = createPgRouter({
+      discovery: discoveryOf(fake.port),
+      connection,
+      pool: { queryTimeoutMs: 100 },
+      failover: { timeoutMs: 5_000 },
+    })
+    await db.ready({ timeoutMs: 2_000 })
+    await expect(db.read('SELECT hang')).rejects.toMatchObject({ code: 'E_TIMEOUT' })
+    expect(hangs).toBe(2)
+  })
+
   it('an AbortSignal ends it with E_ABORTED', async () => {
     fake = await startFakePg(primary((sql) => (sql.startsWith('SELECT hang') ? { hang: true } : undefined)))
     db = createPgRouter({ discovery: discoveryOf(fake.port), connection })
