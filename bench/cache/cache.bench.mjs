@@ -6,10 +6,13 @@
  *   C. miss + load + write-back (the caller waits for the write-back in every library, ours included)
  *   D. added latency while the breaker is open (Redis SIGSTOPped): per-call times of
  *      `getOrLoad` on a miss vs calling the loader directly, interleaved call by call.
+ *   E. the cache's own cost per L2 hit, Redis stubbed in process (a client whose `mget` resolves
+ *      at once with the stored entry) vs the same `JSON.parse` on the same stub.
+ * Section A also times `mget` through a bare @resilient/core breaker, to show that piece alone.
  *
  * Run:  npx tsc -b packages/cache packages/lab && node --expose-gc bench/cache/cache.bench.mjs
  * Env:  ROUNDS (default 12), REDIS_ITERATIONS (default 2000), MEMORY_ITERATIONS (default 20000),
- *       OPEN_CALLS (default 20000), SECTIONS (default ABCD: which of the four to run)
+ *       OPEN_CALLS (default 20000), SECTIONS (default ABCDE: which sections to run)
  * Out:  markdown tables on stdout and bench/out/cache.json
  *
  * Configured comparably: the same value (a ~1 KB JSON object), the same Redis, TTL 60 s;
@@ -25,6 +28,7 @@ import { createCache as createCacheManager } from 'cache-manager'
 import { Redis } from 'ioredis'
 import { Keyv } from 'keyv'
 import { createCache } from '../../packages/cache/dist/index.js'
+import { createBreaker } from '../../packages/core/dist/index.js'
 import { startLab } from '../../packages/lab/dist/index.js'
 import { fmtNs, markdownTable, percentile, ratio, rounds, summarize, writeJson } from '../lib/measure.mjs'
 
@@ -35,7 +39,7 @@ const ROUNDS = Number(process.env.ROUNDS ?? 12)
 const REDIS_ITERATIONS = Number(process.env.REDIS_ITERATIONS ?? 2_000)
 const MEMORY_ITERATIONS = Number(process.env.MEMORY_ITERATIONS ?? 20_000)
 const OPEN_CALLS = Number(process.env.OPEN_CALLS ?? 20_000)
-const SECTIONS = process.env.SECTIONS ?? 'ABCD'
+const SECTIONS = process.env.SECTIONS ?? 'ABCDE'
 const TTL = 60_000
 const skipped = { median: Number.NaN, p99: Number.NaN, samples: [] }
 
@@ -101,6 +105,9 @@ try {
     () => cmL1.disconnect(),
   )
 
+  const breaker = createBreaker({ name: 'bench' })
+  closers.push(() => breaker.shutdown())
+
   const lru = new LRUCache({ max: 10_000 })
   lru.set('book', value, { ttl: TTL })
 
@@ -122,6 +129,10 @@ try {
     rounds(
       {
         'raw ioredis get + JSON.parse': async () => JSON.parse(await raw.get('raw:book')),
+        'raw ioredis mget (2 keys) + JSON.parse': async () =>
+          JSON.parse((await raw.mget('raw:book', 'raw:gen'))[0]),
+        'the same mget through a core breaker': () =>
+          breaker.execute(async () => JSON.parse((await raw.mget('raw:book', 'raw:gen'))[0])),
         '@resilient/cache getOrLoad (L2 only)': () => oursL2.getOrLoad('book', loader),
         'bentocache getOrSet (L2 only)': () => bentoL2.getOrSet({ key: 'book', factory: loader, ttl: TTL }),
         'cache-manager wrap (@keyv/redis only)': () => cmL2.wrap('book', loader, TTL),
@@ -214,6 +225,32 @@ try {
   const addedP50 = ours.median - bare.median
   const addedP99 = percentile(ours.samples, 99) - percentile(bare.samples, 99)
 
+  // ------------------------------------------------------------------ E. stubbed Redis
+  console.log(`E. L2 hit with Redis stubbed in process: ${ROUNDS} rounds x ${MEMORY_ITERATIONS} calls`)
+  const stored = `${Date.now() + 3_600_000}:${Date.now() + 3_600_000}:\n${JSON.stringify(value)}`
+  const payloadAt = stored.indexOf('\n') + 1
+  const stub = new Redis({
+    lazyConnect: true,
+    enableOfflineQueue: false,
+    commandTimeout: 100,
+    autoResendUnfulfilledCommands: false,
+    maxRetriesPerRequest: 0,
+  })
+  Object.defineProperty(stub, 'status', { value: 'ready' })
+  stub.mget = async () => [stored, null]
+  const stubbed = createCache({ redis: stub, namespace: 'stub', l1: false })
+  closers.push(() => stubbed.close())
+  const e = await section('E', () =>
+    rounds(
+      {
+        'stub mget + JSON.parse': async () => JSON.parse((await stub.mget('a', 'b'))[0].slice(payloadAt)),
+        '@resilient/cache getOrLoad (L2 hit, stub)': () => stubbed.getOrLoad('book', loader),
+      },
+      { rounds: ROUNDS, iterations: MEMORY_ITERATIONS },
+    ),
+  )
+  const eBase = e['stub mget + JSON.parse'].median
+
   // ------------------------------------------------------------------ report
   const seconds = (performance.now() - started) / 1000
   const table = (r, base, baseLabel) =>
@@ -228,6 +265,13 @@ try {
   console.log(table(b, bBase, 'lru-cache'))
   console.log('\nC. miss + load + write-back\n')
   console.log(table(c, cBase, 'raw'))
+  console.log("\nE. L2 hit, Redis stubbed in process (the cache's own cost)\n")
+  console.log(
+    markdownTable(
+      ['case', 'median per call', 'p99 over rounds', 'added'],
+      Object.entries(e).map(([k, v]) => [k, fmtNs(v.median), fmtNs(v.p99), fmtNs(v.median - eBase)]),
+    ),
+  )
   console.log('\nD. breaker open, a miss every call (per-call times)\n')
   console.log(
     markdownTable(
@@ -252,6 +296,7 @@ try {
     l2Hit: pick(a, aBase),
     l1Hit: pick(b, bBase),
     missLoad: pick(c, cBase),
+    l2HitStubbed: pick(e, eBase),
     breakerOpen: {
       calls: OPEN_CALLS,
       loaderP50Ns: bare.median,
