@@ -352,6 +352,41 @@ describe('broken endpoints: an event each, then the next endpoint', () => {
   })
 })
 
+describe('listeners', () => {
+  it('a listener that throws breaks neither discover() nor the other listeners', async () => {
+    const dead = await deadUrl()
+    const good = await fake(json(cluster3))
+    const { d, events } = track(createPatroniDiscovery({ endpoints: [dead, good.url] }))
+    const warnings: Error[] = []
+    const onWarning = (w: Error) => warnings.push(w)
+    process.on('warning', onWarning)
+    try {
+      d.onError(() => {
+        throw new Error('listener bug')
+      })
+      const r = await d.discover()
+      expect(r.source).toBe(`${good.url}/cluster`)
+      expect(events).toHaveLength(1)
+      await new Promise((res) => setImmediate(res))
+      expect(warnings.some((w) => /listener bug/.test(w.message))).toBe(true)
+    } finally {
+      process.off('warning', onWarning)
+    }
+  })
+
+  it('a disposed listener gets no more events', async () => {
+    const dead = await deadUrl()
+    const good = await fake(json(cluster3))
+    const d = createPatroniDiscovery({ endpoints: [dead, good.url] })
+    discoveries.push(d)
+    const seen: string[] = []
+    const sub = d.onError((e) => seen.push(e.source))
+    sub.dispose()
+    await d.discover()
+    expect(seen).toEqual([])
+  })
+})
+
 describe('endpoint order', () => {
   it('starts with the last good endpoint and tries a failed one last', async () => {
     const a = await fake(json(cluster3))

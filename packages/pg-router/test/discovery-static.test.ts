@@ -116,6 +116,25 @@ describe('static discovery without a server', () => {
     expect(ResilientError.is(await d.discover().catch((e: unknown) => e), 'E_SHUTTING_DOWN')).toBe(true)
   })
 
+  it('concurrent polls share one probe per host', async () => {
+    let connections = 0
+    const s = net.createServer((sock) => {
+      connections++
+      sock.on('error', () => {})
+    })
+    await new Promise<void>((r) => s.listen(0, '127.0.0.1', r))
+    const port = (s.address() as AddressInfo).port
+    const d = createStaticDiscovery({ hosts: [{ host: '127.0.0.1', port }], timeoutMs: 200 })
+    try {
+      const results = await Promise.allSettled([d.discover(), d.discover(), d.discover()])
+      expect(results.map((r) => r.status)).toEqual(['rejected', 'rejected', 'rejected'])
+      expect(connections).toBe(1)
+    } finally {
+      await d.close()
+      s.close()
+    }
+  })
+
   const bad: [string, unknown, RegExp][] = [
     ['no options', undefined, /options: expected an object/],
     ['no hosts', {}, /hosts: expected a non-empty array/],
