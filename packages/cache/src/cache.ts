@@ -409,11 +409,16 @@ class CacheImpl implements Cache {
       if (channels.miss.hasSubscribers) channels.miss.publish({ namespace: this.namespace, key })
 
       if (waitForLease) {
-        const e = await this.#waitForLease(key, ticket)
-        if (e) {
-          this.#putL1(key, e, ticket)
+        const w = await this.#waitForLease(key, ticket)
+        if (w.entry) {
+          this.#putL1(key, w.entry, ticket)
           flight.finish()
-          return { value: e.value, source: 'l2' }
+          return { value: w.entry.value, source: 'l2' }
+        }
+        if (w.token) {
+          // The holder gave the lease up (its load failed) or it expired: this process loads.
+          leaseToken = w.token
+          if (generation !== undefined && w.generation !== undefined) generation = w.generation
         }
       }
 
@@ -594,17 +599,27 @@ class CacheImpl implements Cache {
     l1.set(key, entry, { ttl })
   }
 
-  async #waitForLease(key: string, ticket: Ticket): Promise<Entry | undefined> {
+  /**
+   * Another process holds the lease: poll for its value, taking the lease over if it was given
+   * up (the holder's load failed) or expired. Bounded by `lease.waitMs`, then this process
+   * loads without the lease. Each poll is one bounded round trip.
+   */
+  async #waitForLease(
+    key: string,
+    ticket: Ticket,
+  ): Promise<{ entry?: Entry; token?: string; generation?: string }> {
     const lease = this.#o.lease
-    if (!lease) return undefined
+    if (!lease) return {}
+    const token = randomUUID()
     const until = performance.now() + lease.waitMs
     while (performance.now() < until && !ticket.invalidated && !this.#closeController.signal.aborted) {
       await sleep(Math.min(lease.pollMs, Math.max(1, until - performance.now()))).catch(noop)
-      const r = await this.#lookup(key, this.#o.redisTimeoutMs, '')
-      if (r === undefined) return undefined // Redis unusable: load ourselves now
-      if (r.entry && r.entry.exp > Date.now()) return r.entry
+      const r = await this.#lookup(key, this.#o.redisTimeoutMs, token)
+      if (r === undefined) return {} // Redis unusable: load ourselves now
+      if (r.entry && r.entry.exp > Date.now()) return { entry: r.entry }
+      if (r.lease) return { token, generation: r.generation }
     }
-    return undefined
+    return {}
   }
 
   // ---------------------------------------------------------------- writes

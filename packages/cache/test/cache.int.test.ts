@@ -161,6 +161,35 @@ describe('two instances sharing Redis', () => {
   })
 })
 
+describe('lease', () => {
+  it('a waiter takes the lease over as soon as the holder’s load fails, instead of waiting it out', async () => {
+    const lease = { waitMs: 5_000, pollMs: 20 }
+    const a = make({ namespace: 'lease-handover', lease })
+    const b = make({ namespace: 'lease-handover', lease })
+    await ready(a, b)
+    let failedAt = 0
+    const holder = a
+      .getOrLoad('k', async () => {
+        await new Promise((r) => setTimeout(r, 300))
+        failedAt = performance.now()
+        throw new Error('db down')
+      })
+      .catch((e: unknown) => e)
+    await until(() => a.stats().loads === 1, 2_000, 'holder loading')
+    const t0 = performance.now()
+    let loadedAt = 0
+    const value = await b.getOrLoad('k', async () => {
+      loadedAt = performance.now()
+      return 'from b'
+    })
+    expect(value).toBe('from b')
+    expect((await holder) as Error).toMatchObject({ code: 'E_LOADER' })
+    expect(loadedAt).toBeGreaterThanOrEqual(failedAt) // b did not load while a held the lease
+    expect(performance.now() - t0).toBeLessThan(lease.waitMs / 2) // it did not wait the lease out
+    expect(b.stats().loads).toBe(1)
+  })
+})
+
 describe('lease across processes', () => {
   beforeAll(() => {
     // The workers run the built package.
