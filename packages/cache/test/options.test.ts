@@ -116,6 +116,21 @@ describe('createCache options', () => {
     expect(ok.status).toBe('wait') // untouched: still the caller's, never connected or quit by us
   })
 
+  it('accepts a well-configured caller Cluster, and closes only its own subscriber', async () => {
+    const cluster = new Cluster([{ host: '127.0.0.1', port: 1 }], {
+      lazyConnect: true,
+      enableOfflineQueue: false,
+      redisOptions: { commandTimeout: 100, autoResendUnfulfilledCommands: false, maxRetriesPerRequest: 0 },
+    })
+    clients.push(cluster)
+    const cache = createCache({ redis: cluster, namespace: 'cl' })
+    // nothing reachable: reads skip Redis and load
+    expect(await cache.getOrLoad('k', async () => 'v')).toBe('v')
+    expect(cache.stats().redisCommands).toBe(0)
+    await cache.close()
+    expect(cluster.status).toBe('wait') // the caller's Cluster was never connected or quit by us
+  })
+
   it('keeps the password out of util.inspect of the cache', async () => {
     const cache = createCache({
       redis: { host: '127.0.0.1', port: 1, password: 'hunter2-secret' },
