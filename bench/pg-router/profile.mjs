@@ -8,9 +8,11 @@
  * Env:  CALLS (default 20000), CONCURRENCY (default 1: queries in flight per call),
  *       DETAIL=1 (also the top functions of pg-router and @resilient/core)
  * Out:  one table per case on stdout (share of busy samples, and µs per call estimated from
- *       this process's CPU time).
+ *       this process's CPU time), after a count of pg `client.query` calls, socket writes and
+ *       `setTimeout` calls per call (over 1 000 calls).
  */
 import { Session } from 'node:inspector/promises'
+import net from 'node:net'
 import pg from 'pg'
 import { startLab } from '../../packages/lab/dist/index.js'
 import { createPgRouter } from '../../packages/pg-router/dist/index.js'
@@ -34,9 +36,38 @@ function category(frame) {
   return 'other'
 }
 
+/** Counts what one call does on the wire and in timers, by wrapping the prototypes briefly. */
+async function countPerCall(fn, n = 1_000) {
+  const counts = { query: 0, socketWrite: 0, setTimeout: 0 }
+  const q = pg.Client.prototype.query
+  const w = net.Socket.prototype.write
+  const t = globalThis.setTimeout
+  pg.Client.prototype.query = function (...a) {
+    counts.query++
+    return q.apply(this, a)
+  }
+  net.Socket.prototype.write = function (...a) {
+    counts.socketWrite++
+    return w.apply(this, a)
+  }
+  globalThis.setTimeout = function (...a) {
+    counts.setTimeout++
+    return t.apply(this, a)
+  }
+  try {
+    for (let i = 0; i < n; i++) await fn()
+  } finally {
+    pg.Client.prototype.query = q
+    net.Socket.prototype.write = w
+    globalThis.setTimeout = t
+  }
+  return Object.fromEntries(Object.entries(counts).map(([k, v]) => [k, Math.round((v / n) * 100) / 100]))
+}
+
 async function profile(name, one) {
   const fn = CONCURRENCY === 1 ? one : () => Promise.all(Array.from({ length: CONCURRENCY }, one))
   for (let i = 0; i < 2_000; i++) await fn()
+  const per = await countPerCall(fn)
   const s = new Session()
   s.connect()
   await s.post('Profiler.enable')
@@ -62,6 +93,9 @@ async function profile(name, one) {
   console.log(
     `\n${name} x${CONCURRENCY}: ${us.toFixed(1)} µs client CPU per call (of ${CONCURRENCY} queries)`,
   )
+  console.log(
+    `  per call: ${per.query} client.query, ${per.socketWrite} socket writes, ${per.setTimeout} setTimeout`,
+  )
   for (const [k, n] of [...cat].sort((a, b) => b[1] - a[1])) {
     if (k === 'idle' || n / busy < 0.005) continue
     console.log(
@@ -86,6 +120,8 @@ try {
   await profile('pg.Pool.query', () => pool.query('SELECT 1'))
   await profile('db.write', () => db.write('SELECT 1'))
   await profile('db.read', () => db.read('SELECT 1'))
+  await profile('pg.Pool.query, one parameter', () => pool.query('SELECT $1::int AS n', [1]))
+  await profile('db.write, one parameter', () => db.write('SELECT $1::int AS n', [1]))
 } finally {
   await db?.close()
   await pool?.end()
