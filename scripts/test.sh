@@ -9,6 +9,9 @@ source scripts/setup.sh
 log "lint and format (biome)"
 "${PNPM[@]}" exec biome check .
 
+log "typecheck tests (tsc -p tsconfig.tests.json)"
+"${PNPM[@]}" exec tsc -p tsconfig.tests.json
+
 log "package checks (publint, attw)"
 node scripts/check-packages.mjs
 
