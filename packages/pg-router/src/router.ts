@@ -485,6 +485,10 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
       } catch (err) {
         const c = classifyError(err, { phase: 'query', sent: lease.sent, connectionLost: lease.lost })
         lease.release(c.discardConnection)
+        // 25006 from a replica (or any connection known to be in recovery): the caller sent a
+        // write down the read path. Its error, as-is: no retry (the primary would run it), no
+        // failure mark on the member, no failover suspicion.
+        if (c.sqlState === '25006' && (member !== gate.writer || lease.inRecovery)) throw err
         monitor.reportFailure(member, lease.generation, c)
         if (signal?.aborted) throw err
         // 40001 on a replica: cancelled by a conflict with recovery; another member will do.

@@ -195,3 +195,75 @@ describe('a member whose role check says "in recovery"', () => {
     }
   })
 })
+
+describe('a write sent down the read path', () => {
+  it('25006 from a replica is the caller’s error: not retried, not run on the primary, replica not marked', async () => {
+    let primaryInserts = 0
+    let replicaInserts = 0
+    const suspects: unknown[] = []
+    const excluded: unknown[] = []
+    const s1 = (m: unknown) => suspects.push(m)
+    const s2 = (m: unknown) => excluded.push(m)
+    dc.subscribe(channelNames.suspect, s1)
+    dc.subscribe(channelNames.replicaExcluded, s2)
+    const replicaFake = await startFakePg((sql) => {
+      if (sql.includes('pg_is_in_recovery')) return { rows: ['t'], type: 'bool' }
+      if (sql.includes('pg_last_wal_replay_lsn')) return { rows: ['0/3000060'] }
+      if (sql.startsWith('INSERT')) {
+        replicaInserts++
+        return { error: '25006' }
+      }
+      return { rows: ['r'] }
+    })
+    try {
+      fake = await startFakePg(
+        primary((sql) => {
+          if (!sql.startsWith('INSERT')) return undefined
+          primaryInserts++
+          return { rows: ['1'] }
+        }),
+      )
+      const members: DiscoveredMember[] = [
+        { ...memberOf('p', fake.port, 'primary') },
+        { ...memberOf('r', replicaFake.port, 'replica'), lagBytes: 0 },
+      ]
+      db = createPgRouter({
+        discovery: {
+          discover: async () => ({ members, source: 'fake', at: performance.now() }),
+          onError: (l) => new Emitter<{ source: string; error: Error }>().on(l),
+          close: async () => {},
+        },
+        connection,
+      })
+      await db.ready({ timeoutMs: 2_000 })
+      await expect(db.read('SELECT 1')).resolves.toMatchObject({ rows: [{ r: 'r' }] }) // a replica serves reads
+      for (const attempt of [
+        () => db!.read('INSERT INTO t VALUES (1)'),
+        () => db!.replicas.query('INSERT INTO t VALUES (1)'),
+        () => db!.session().read('INSERT INTO t VALUES (1)'),
+      ]) {
+        const err = await attempt().catch((e: unknown) => e)
+        expect(err).toBeInstanceOf(Error)
+        expect(ResilientError.is(err)).toBe(false) // pg's own DatabaseError, as-is
+        expect(err).toMatchObject({ code: '25006', severity: 'ERROR' })
+      }
+      expect(replicaInserts).toBe(3) // once each: no retry on another member
+      expect(primaryInserts).toBe(0) // never ran on the primary
+      expect(db.stats().retries.read).toBe(0)
+      expect(suspects).toEqual([])
+      expect(excluded).toEqual([])
+      expect(db.topology().replicas).toMatchObject([{ name: 'r', healthy: true }])
+      expect(db.topology().primary?.name).toBe('p')
+    } finally {
+      dc.unsubscribe(channelNames.suspect, s1)
+      dc.unsubscribe(channelNames.replicaExcluded, s2)
+      await db?.close()
+      db = undefined
+      await replicaFake.close()
+    }
+  })
+})
+
+function memberOf(name: string, port: number, role: 'primary' | 'replica'): DiscoveredMember {
+  return { name, host: '127.0.0.1', port, role, state: 'running', lagBytes: null, timeline: 1, sync: false }
+}
