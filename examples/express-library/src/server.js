@@ -18,7 +18,15 @@ export async function start(config) {
     connection: config.connection,
     ...(config.poolMax === undefined ? {} : { pool: { max: config.poolMax } }),
   })
-  const cache = createCache({ redis: config.redis, namespace: 'library' })
+  const cache = createCache({
+    redis: config.redis,
+    namespace: 'library',
+    // Stale-while-slow: an expired book stays servable for an hour. When its reload takes
+    // more than 200 ms (a failover, a slow replica) the stale value answers and the load
+    // finishes in the background; when the reload fails, the stale value answers too.
+    graceMs: 3_600_000,
+    loaderTimeoutMs: { soft: 200 },
+  })
   const health = createHealth({
     checks: {
       // Without Postgres nothing works: not ready. Without Redis the cache serves from its
