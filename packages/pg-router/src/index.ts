@@ -46,6 +46,7 @@ export type {
   StatementOptions,
   TransactionClient,
   TransactionOptions,
+  WalPosition,
   WriteOptions,
 } from './session.js'
 export { decodeToken, encodeToken, Session } from './session.js'

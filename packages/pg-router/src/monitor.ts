@@ -13,7 +13,27 @@ import type { DiscoveredMember, Discovery, DiscoveryResult } from './discovery/t
 import { type FailoverEvent, WriterGate } from './failover.js'
 import { MemberPool } from './member-pool.js'
 import type { ResolvedOptions } from './options.js'
-import { eligibleReplicas, type Member, parseLsn, type Topology, viewOf } from './topology.js'
+import {
+  eligibleReplicas,
+  type Member,
+  parseLsn,
+  parseTimeline,
+  type Topology,
+  timelineOfWalFile,
+  viewOf,
+} from './topology.js'
+
+/** A replica's replay position, and the timeline its WAL receiver streams (null without pg_read_all_stats). */
+const REPLICA_POLL_SQL =
+  'SELECT pg_last_wal_replay_lsn()::text AS lsn, (SELECT received_tli FROM pg_stat_wal_receiver) AS tl'
+
+/** Forget what was measured of `m`'s WAL position (role, timeline or pool generation changed). */
+function resetLsn(m: Member): void {
+  m.lsn = null
+  m.lsnTimeline = null
+  m.measuredLagBytes = null
+  m.lsnEpoch++
+}
 
 /**
  * One per router. Polls discovery steadily (intervalMs, jittered) and fast (fastIntervalMs)
@@ -116,6 +136,7 @@ export class Monitor {
     if (this.gate.suspect(reason)) {
       publish(channels.suspect, { member: writer.name, reason })
       writer.pool.drain()
+      resetLsn(writer) // a new pool generation: whatever it says next is measured afresh
       this.nudge()
     }
   }
@@ -187,6 +208,9 @@ export class Monitor {
         m = this.#newMember(d)
         this.members.set(d.name, m)
       }
+      // A new role or timeline: the WAL position we measured belongs to the member's past
+      // (a killed primary back as a replica looks "ahead" without the new primary's writes).
+      if (m.role !== d.role || m.timeline !== d.timeline) resetLsn(m)
       m.role = d.role
       m.state = d.state
       m.timeline = d.timeline
@@ -231,6 +255,8 @@ export class Monitor {
       sync: d.sync,
       reportedLagBytes: d.lagBytes,
       lsn: null,
+      lsnTimeline: null,
+      lsnEpoch: 0,
       measuredLagBytes: null,
       downUntil: 0,
       pool,
@@ -302,14 +328,29 @@ export class Monitor {
     const timeoutMs = this.#opts.monitor.probeTimeoutMs
     const poll = async (m: Member, sql: string, isWriter: boolean) => {
       let lease: Awaited<ReturnType<MemberPool['acquire']>> | undefined
+      const epoch = m.lsnEpoch
+      const role = m.role
       try {
         lease = await m.pool.acquire('read', this.#abort.signal)
-        const r = await lease.query<{ lsn: string | null; r: boolean }>(sql, undefined, {
-          timeoutMs,
-          signal: this.#abort.signal,
-        })
+        const r = await lease.query<{ lsn: string | null; r: boolean; tl: unknown; f: unknown }>(
+          sql,
+          undefined,
+          { timeoutMs, signal: this.#abort.signal },
+        )
         lease.release()
-        m.lsn = parseLsn(r.rows[0]?.lsn)
+        const row = r.rows[0]
+        // Stored only if nothing reset the member meanwhile, and from its current pool generation.
+        if (m.lsnEpoch === epoch && m.role === role && lease.generation === m.pool.generation) {
+          m.lsn = parseLsn(row?.lsn)
+          // the writer: its insert timeline; a replica: the timeline its WAL receiver streams
+          // (needs pg_read_all_stats), else the one discovery reports
+          m.lsnTimeline =
+            m.lsn === null
+              ? null
+              : isWriter
+                ? timelineOfWalFile(row?.f)
+                : (parseTimeline(row?.tl) ?? m.timeline)
+        }
         if (!isWriter && m.downUntil > 0) m.downUntil = 0
         if (isWriter && r.rows[0]?.r !== false && this.gate.writer === m) {
           // the writer is in recovery: it was demoted under us
@@ -331,13 +372,14 @@ export class Monitor {
     if (full && writer) {
       const sql =
         'SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END AS lsn, ' +
+        'CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END AS f, ' +
         'pg_is_in_recovery() AS r'
       jobs.push(poll(writer, sql, true))
     }
     for (const m of this.members.values()) {
       // a replica that discovery says is stopped/starting gets no probe (and no reads)
       if (m.role === 'replica' && m !== writer && (m.state === 'running' || m.state === 'streaming')) {
-        jobs.push(poll(m, 'SELECT pg_last_wal_replay_lsn()::text AS lsn', false))
+        jobs.push(poll(m, REPLICA_POLL_SQL, false))
       }
     }
     await Promise.all(jobs)
@@ -345,6 +387,11 @@ export class Monitor {
     if (primaryLsn === null) return
     for (const m of this.members.values()) {
       if (m.role !== 'replica' || m.lsn === null) continue
+      // positions on different timelines do not subtract: leave it to the reported lag
+      if (m.lsnTimeline !== null && writer?.lsnTimeline != null && m.lsnTimeline !== writer.lsnTimeline) {
+        m.measuredLagBytes = null
+        continue
+      }
       const lag = primaryLsn - m.lsn
       m.measuredLagBytes = lag > 0n ? Number(lag) : 0
     }

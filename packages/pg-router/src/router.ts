@@ -32,9 +32,17 @@ import {
   type StatementOptions,
   type TransactionClient,
   type TransactionOptions,
+  type WalPosition,
   type WriteOptions,
 } from './session.js'
-import { eligibleReplicas, type Member, parseLsn, pickReplica, type Topology } from './topology.js'
+import {
+  eligibleReplicas,
+  type Member,
+  parseLsn,
+  pickReplica,
+  type Topology,
+  timelineOfWalFile,
+} from './topology.js'
 
 export type QueryText = string | QueryConfig
 export type QueryCallback<R extends QueryResultRow> = (err: Error | null, result?: QueryResult<R>) => void
@@ -104,8 +112,10 @@ export interface PgRouter {
   close(): Promise<void>
 }
 
-/** Session LSN meaning "the write succeeded but its position is unknown: read from the primary". */
-const PRIMARY_ONLY = (1n << 64n) - 1n
+/** Session position meaning "the write succeeded but its position is unknown: read from the primary". */
+const PRIMARY_ONLY: WalPosition = Object.freeze({ lsn: (1n << 64n) - 1n, timeline: null })
+/** The primary's WAL position and its timeline (the insert timeline, in the WAL file's name). */
+const CAPTURE_SQL = 'SELECT pg_current_wal_lsn()::text AS lsn, pg_walfile_name(pg_current_wal_lsn()) AS f'
 /** Statement verbs reported as `db.operation.name` (anything else is left out: low cardinality). */
 const VERBS: ReadonlySet<string> = new Set([
   'SELECT',
@@ -300,11 +310,12 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
     }
   }
 
-  function pickReader(exclude: ReadonlySet<string>, minLsn: bigint | null): Member | null {
+  function pickReader(exclude: ReadonlySet<string>, min: WalPosition | null): Member | null {
     const list = eligibleReplicas(monitor.members.values(), {
       maxLagBytes: opts.replicas.maxLagBytes,
       now: performance.now(),
-      minLsn,
+      minLsn: min?.lsn,
+      minTimeline: min?.timeline,
       exclude,
     })
     const writer = gate.writer
@@ -313,16 +324,16 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
     return pickReplica(candidates, opts.replicas.strategy, rr++)
   }
 
-  /** Waits (bounded by session.maxWaitMs) for some replica to replay `minLsn`. */
+  /** Waits (bounded by session.maxWaitMs) for some replica to replay `min`. */
   async function waitForReplay(
-    minLsn: bigint,
+    min: WalPosition,
     exclude: ReadonlySet<string>,
     signal: AbortSignal | undefined,
   ) {
     const until = performance.now() + opts.session.maxWaitMs
     for (;;) {
       await monitor.refreshLsns(false)
-      const m = pickReader(exclude, minLsn)
+      const m = pickReader(exclude, min)
       if (m) return m
       const left = until - performance.now()
       if (left <= 0) return null
@@ -334,19 +345,20 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
   async function acquireReader(
     signal: AbortSignal | undefined,
     deadline: number,
-    minLsn: bigint | null,
+    min: WalPosition | null,
     tried: Set<string>,
   ): Promise<{ lease: Lease; member: Member }> {
     let lastErr: unknown
     for (let attempt = 1; ; attempt++) {
       if (closed) throw closedError()
       if (signal?.aborted) throw abortError(signal, 'read')
-      let member = minLsn === PRIMARY_ONLY ? null : pickReader(tried, minLsn)
-      if (!member && minLsn !== null && minLsn !== PRIMARY_ONLY && attempt === 1) {
-        member = await waitForReplay(minLsn, tried, signal)
+      // A position with no known timeline: only the primary is sure to have it.
+      let member = min !== null && min.timeline === null ? null : pickReader(tried, min)
+      if (!member && min !== null && attempt === 1 && replayCanCatchUp(min)) {
+        member = await waitForReplay(min, tried, signal)
       }
       if (!member) {
-        if (opts.replicas.fallbackToPrimary || minLsn !== null) {
+        if (opts.replicas.fallbackToPrimary || min !== null) {
           try {
             member = await gate.wait(signal, deadline)
           } catch (err) {
@@ -385,13 +397,28 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
     }
   }
 
-  async function captureLsn(lease: Lease, signal: AbortSignal | undefined): Promise<bigint> {
+  /**
+   * Whether waiting can help `min`: some readable replica already replays its timeline (a
+   * replica on another timeline has to be re-measured after discovery sees it move first).
+   */
+  function replayCanCatchUp(min: WalPosition): boolean {
+    if (min.timeline === null) return false
+    for (const m of monitor.members.values()) {
+      if (m.role === 'replica' && m !== gate.writer && m.lsnTimeline === min.timeline) return true
+    }
+    return false
+  }
+
+  /** The primary's WAL position right after a write, on the same connection; PRIMARY_ONLY when unknown. */
+  async function capturePosition(lease: Lease, signal: AbortSignal | undefined): Promise<WalPosition> {
     try {
-      const r = await lease.query<{ lsn: string }>('SELECT pg_current_wal_lsn()::text AS lsn', undefined, {
+      const r = await lease.query<{ lsn: string; f: string }>(CAPTURE_SQL, undefined, {
         timeoutMs: opts.monitor.probeTimeoutMs,
         signal,
       })
-      return parseLsn(r.rows[0]?.lsn) ?? PRIMARY_ONLY
+      const lsn = parseLsn(r.rows[0]?.lsn)
+      const timeline = timelineOfWalFile(r.rows[0]?.f)
+      return lsn === null || timeline === null ? PRIMARY_ONLY : { lsn, timeline }
     } catch {
       return PRIMARY_ONLY
     }
@@ -401,7 +428,7 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
     text: QueryText,
     values: unknown[] | undefined,
     options: WriteOptions | undefined,
-    onLsn?: (lsn: bigint) => void,
+    onLsn?: (pos: WalPosition) => void,
   ): Promise<QueryResult<R>> {
     return counted('pg-router.write', (tries) => writeLoop<R>(text, values, options, onLsn, tries))
   }
@@ -410,7 +437,7 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
     text: QueryText,
     values: unknown[] | undefined,
     options: WriteOptions | undefined,
-    onLsn: ((lsn: bigint) => void) | undefined,
+    onLsn: ((pos: WalPosition) => void) | undefined,
     tries: { n: number },
   ): Promise<QueryResult<R>> {
     if (closed) throw closedError()
@@ -432,7 +459,7 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
       const { lease, member } = await acquireWriter(signal, deadline)
       try {
         const r = await run<R>(lease, member, text, values, signal)
-        if (onLsn) onLsn(await captureLsn(lease, signal))
+        if (onLsn) onLsn(await capturePosition(lease, signal))
         lease.release()
         gate.noteWriteSuccess(member)
         return r
@@ -458,16 +485,16 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
     text: QueryText,
     values: unknown[] | undefined,
     options: StatementOptions | undefined,
-    minLsn: bigint | null,
+    min: WalPosition | null,
   ): Promise<QueryResult<R>> {
-    return counted('pg-router.read', (tries) => readLoop<R>(text, values, options, minLsn, tries))
+    return counted('pg-router.read', (tries) => readLoop<R>(text, values, options, min, tries))
   }
 
   async function readLoop<R extends QueryResultRow>(
     text: QueryText,
     values: unknown[] | undefined,
     options: StatementOptions | undefined,
-    minLsn: bigint | null,
+    min: WalPosition | null,
     tries: { n: number },
   ): Promise<QueryResult<R>> {
     if (closed) throw closedError()
@@ -477,7 +504,7 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
     let statementTimeouts = 0
     for (let attempt = 1; ; attempt++) {
       tries.n = attempt
-      const { lease, member } = await acquireReader(signal, deadline, minLsn, tried)
+      const { lease, member } = await acquireReader(signal, deadline, min, tried)
       try {
         const r = await run<R>(lease, member, text, values, signal)
         lease.release()
@@ -519,8 +546,8 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
   async function doTransaction<T>(
     fn: (tx: TransactionClient) => Promise<T>,
     options: TransactionOptions | undefined,
-    minLsn: bigint | null,
-    onLsn?: (lsn: bigint) => void,
+    min: WalPosition | null,
+    onLsn?: (pos: WalPosition) => void,
   ): Promise<T> {
     if (closed) throw closedError()
     if (typeof fn !== 'function') throw new TypeError('transaction(fn): fn must be a function')
@@ -533,7 +560,7 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
     let member: Member
     for (let attempt = 1; ; attempt++) {
       const got = readOnly
-        ? await acquireReader(signal, deadline, minLsn, tried)
+        ? await acquireReader(signal, deadline, min, tried)
         : await acquireWriter(signal, deadline)
       lease = got.lease
       member = got.member
@@ -602,16 +629,16 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
       if (c.class === 'outcome-unknown' && txid !== null) throw commitUnknown(err, member, txid, c)
       throw err
     }
-    if (onLsn) onLsn(await captureLsn(lease, signal))
+    if (onLsn) onLsn(await capturePosition(lease, signal))
     lease.release()
     gate.noteWriteSuccess(member)
     return result
   }
 
   const sessionHost: SessionHost = {
-    readAfter: (text, values, minLsn, options) => doRead(text, values, options, minLsn),
-    writeTracked: (text, values, options, onLsn) => doWrite(text, values, options, onLsn),
-    transactionTracked: (fn, options, minLsn, onLsn) => doTransaction(fn, options, minLsn, onLsn),
+    readAfter: (text, values, min, options) => doRead(text, values, options, min),
+    writeTracked: (text, values, options, onPosition) => doWrite(text, values, options, onPosition),
+    transactionTracked: (fn, options, min, onPosition) => doTransaction(fn, options, min, onPosition),
   }
 
   function query(text: QueryText, a?: unknown, b?: unknown): Promise<QueryResult> | undefined {
@@ -683,7 +710,7 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
         publish(channels.badToken, { reason: decoded.reason })
         return new Session(sessionHost, null)
       }
-      return new Session(sessionHost, decoded.data.lsn)
+      return new Session(sessionHost, { lsn: decoded.data.lsn, timeline: decoded.data.timeline ?? null })
     },
     primary: undefined as unknown as RouterPool,
     replicas: undefined as unknown as RouterPool,

@@ -2,20 +2,36 @@ import type { QueryResult, QueryResultRow } from 'pg'
 import { formatLsn, parseLsn } from './topology.js'
 
 /**
- * Read-your-writes. A session remembers the WAL position (LSN) the primary had reached right
- * after its last write; its reads go to a replica whose replayed position (polled by the
- * monitor) has passed it, else wait up to `session.maxWaitMs`, else go to the primary.
+ * Read-your-writes. A session remembers the WAL position (LSN and timeline) the primary had
+ * reached right after its last write; its reads go to a replica on that same timeline whose
+ * replayed position (polled by the monitor) has passed it, else wait up to
+ * `session.maxWaitMs`, else go to the primary. WAL positions of different timelines are not
+ * comparable (after a failover a rejoining old primary may be "ahead" without the write), so
+ * a replica on another timeline never serves the session, and neither does a position with
+ * no known timeline.
  *
- * The token is opaque to callers: base64url of `{"v":1,"lsn":"0/3000060"}`. It can be put in
- * a cookie or header and resumed in another process with `db.session(token)`.
+ * The token is opaque to callers: base64url of `{"v":2,"lsn":"0/3000060","tl":3}`. It can be
+ * put in a cookie or header and resumed in another process with `db.session(token)`. Version
+ * 1 tokens (`{"v":1,"lsn":...}`, no timeline) still parse: their reads go to the primary
+ * until the session writes again.
  */
+
+/** A WAL position: an LSN on a timeline (null: unknown, which only the primary satisfies). */
+export interface WalPosition {
+  lsn: bigint
+  timeline: number | null
+}
 
 export interface SessionTokenData {
   lsn: bigint
+  /** Absent or null: unknown (a version 1 token). */
+  timeline?: number | null | undefined
 }
 
 export function encodeToken(data: SessionTokenData): string {
-  return Buffer.from(JSON.stringify({ v: 1, lsn: formatLsn(data.lsn) })).toString('base64url')
+  const o: { v: number; lsn: string; tl?: number } = { v: 2, lsn: formatLsn(data.lsn) }
+  if (data.timeline != null) o.tl = data.timeline
+  return Buffer.from(JSON.stringify(o)).toString('base64url')
 }
 
 /** Never throws: a token that cannot be used is reported as `{ ok: false, reason }`. */
@@ -32,11 +48,15 @@ export function decodeToken(
     return { ok: false, reason: 'not-json' }
   }
   if (typeof parsed !== 'object' || parsed === null) return { ok: false, reason: 'not-an-object' }
-  const o = parsed as { v?: unknown; lsn?: unknown }
-  if (o.v !== 1) return { ok: false, reason: 'unknown-version' }
+  const o = parsed as { v?: unknown; lsn?: unknown; tl?: unknown }
+  if (o.v !== 1 && o.v !== 2) return { ok: false, reason: 'unknown-version' }
   const lsn = parseLsn(o.lsn)
   if (lsn === null) return { ok: false, reason: 'bad-lsn' }
-  return { ok: true, data: { lsn } }
+  if (o.v === 1 || o.tl === undefined) return { ok: true, data: { lsn, timeline: null } }
+  if (typeof o.tl !== 'number' || !Number.isSafeInteger(o.tl) || o.tl < 1) {
+    return { ok: false, reason: 'bad-timeline' }
+  }
+  return { ok: true, data: { lsn, timeline: o.tl } }
 }
 
 export interface StatementOptions {
@@ -70,44 +90,62 @@ export interface SessionHost {
   readAfter<R extends QueryResultRow>(
     text: string,
     values: unknown[] | undefined,
-    minLsn: bigint | null,
+    min: WalPosition | null,
     options: StatementOptions | undefined,
   ): Promise<QueryResult<R>>
   writeTracked<R extends QueryResultRow>(
     text: string,
     values: unknown[] | undefined,
     options: WriteOptions | undefined,
-    onLsn: (lsn: bigint) => void,
+    onPosition: (pos: WalPosition) => void,
   ): Promise<QueryResult<R>>
   transactionTracked<T>(
     fn: (tx: TransactionClient) => Promise<T>,
     options: TransactionOptions | undefined,
-    minLsn: bigint | null,
-    onLsn: (lsn: bigint) => void,
+    min: WalPosition | null,
+    onPosition: (pos: WalPosition) => void,
   ): Promise<T>
 }
 
+/**
+ * Where a session stands after a write that reached `b`, having stood at `a`. A write whose
+ * position is unknown (`b.timeline` null) makes the session read from the primary; a known
+ * position after an unknown one replaces it (the later write's position covers the earlier
+ * write, on whatever timeline); on one timeline the higher LSN wins (concurrent writes), and
+ * across timelines the newer one.
+ */
+export function laterPosition(a: WalPosition | null, b: WalPosition): WalPosition {
+  if (a === null || b.timeline === null || a.timeline === null) return b
+  if (b.timeline !== a.timeline) return b.timeline > a.timeline ? b : a
+  return b.lsn > a.lsn ? b : a
+}
+
 export class Session {
-  #lsn: bigint | null
+  #pos: WalPosition | null
   readonly #host: SessionHost
 
-  constructor(host: SessionHost, lsn: bigint | null) {
+  constructor(host: SessionHost, pos: WalPosition | null) {
     this.#host = host
-    this.#lsn = lsn
+    this.#pos = pos
   }
 
   /** The WAL position this session must see; null before its first write. */
   get lsn(): string | null {
-    return this.#lsn === null ? null : formatLsn(this.#lsn)
+    return this.#pos === null ? null : formatLsn(this.#pos.lsn)
+  }
+
+  /** The timeline of that position; null before the first write or when unknown. */
+  get timeline(): number | null {
+    return this.#pos?.timeline ?? null
   }
 
   /** Opaque, URL-safe; resume with `db.session(token)`. Empty string before the first write. */
   get token(): string {
-    return this.#lsn === null ? '' : encodeToken({ lsn: this.#lsn })
+    return this.#pos === null ? '' : encodeToken(this.#pos)
   }
 
-  #advance = (lsn: bigint) => {
-    if (this.#lsn === null || lsn > this.#lsn) this.#lsn = lsn
+  #advance = (pos: WalPosition) => {
+    this.#pos = laterPosition(this.#pos, pos)
   }
 
   read<R extends QueryResultRow = any>(
@@ -115,7 +153,7 @@ export class Session {
     values?: unknown[],
     options?: StatementOptions,
   ): Promise<QueryResult<R>> {
-    return this.#host.readAfter<R>(text, values, this.#lsn, options)
+    return this.#host.readAfter<R>(text, values, this.#pos, options)
   }
 
   write<R extends QueryResultRow = any>(
@@ -127,6 +165,6 @@ export class Session {
   }
 
   transaction<T>(fn: (tx: TransactionClient) => Promise<T>, options?: TransactionOptions): Promise<T> {
-    return this.#host.transactionTracked(fn, options, this.#lsn, this.#advance)
+    return this.#host.transactionTracked(fn, options, this.#pos, this.#advance)
   }
 }

@@ -12,8 +12,15 @@ export interface Member {
   sync: boolean
   /** Lag as discovery reported it (Patroni refreshes it once per HA loop). */
   reportedLagBytes: number | null
-  /** `pg_last_wal_replay_lsn()` (replicas) or `pg_current_wal_lsn()` (primary) at the last poll. */
+  /**
+   * `pg_last_wal_replay_lsn()` (replicas) or `pg_current_wal_lsn()` (primary) at the last
+   * poll. Reset to null when the member's role, timeline or pool generation changes.
+   */
   lsn: bigint | null
+  /** The timeline `lsn` belongs to (null: unknown, so no session read may rely on it). */
+  lsnTimeline: number | null
+  /** Bumped on every reset of `lsn`: a poll that started before a reset must not store its answer. */
+  lsnEpoch: number
   /** primary LSN - this replica's replay LSN, at our last poll. */
   measuredLagBytes: number | null
   /** No reads until this performance.now() (a connection to it just failed). */
@@ -60,8 +67,10 @@ export function effectiveLag(m: Member): number | null {
 export interface EligibilityRules {
   maxLagBytes: number
   now: number
-  /** Read-your-writes: the replica must have replayed at least this LSN. */
+  /** Read-your-writes: the replica must have replayed at least this LSN... */
   minLsn?: bigint | null | undefined
+  /** ...on this very timeline (null or absent with a minLsn: no replica qualifies). */
+  minTimeline?: number | null | undefined
   exclude?: ReadonlySet<string> | undefined
 }
 
@@ -74,7 +83,10 @@ export function eligibleReplicas(members: Iterable<Member>, rules: EligibilityRu
     if (rules.exclude?.has(m.name)) continue
     const lag = effectiveLag(m)
     if (lag === null || lag > rules.maxLagBytes) continue
-    if (rules.minLsn != null && (m.lsn === null || m.lsn < rules.minLsn)) continue
+    if (rules.minLsn != null) {
+      if (m.lsn === null || m.lsn < rules.minLsn) continue
+      if (rules.minTimeline == null || m.lsnTimeline !== rules.minTimeline) continue
+    }
     out.push(m)
   }
   return out
@@ -128,6 +140,19 @@ export function parseLsn(text: unknown): bigint | null {
   const m = /^([0-9A-Fa-f]{1,8})\/([0-9A-Fa-f]{1,8})$/.exec(text)
   if (!m) return null
   return (BigInt(`0x${m[1]}`) << 32n) + BigInt(`0x${m[2]}`)
+}
+
+/** The timeline in a WAL file name (`00000003000000000000000A` -> 3); null for anything else. */
+export function timelineOfWalFile(name: unknown): number | null {
+  if (typeof name !== 'string' || !/^[0-9A-F]{24}$/i.test(name)) return null
+  const tl = Number.parseInt(name.slice(0, 8), 16)
+  return tl > 0 ? tl : null
+}
+
+/** A timeline id as PostgreSQL returns it (int4, maybe as text); null for anything else. */
+export function parseTimeline(v: unknown): number | null {
+  const n = typeof v === 'string' && /^[0-9]{1,10}$/.test(v) ? Number(v) : v
+  return typeof n === 'number' && Number.isSafeInteger(n) && n > 0 ? n : null
 }
 
 export function formatLsn(lsn: bigint): string {

@@ -8,6 +8,8 @@ import * as net from 'node:net'
  */
 export type FakeAnswer =
   | { rows: Array<string | null>; type?: 'bool' | 'text' }
+  /** One row of text columns, named. */
+  | { row: Record<string, string | null> }
   | { hang: true }
   | { fatal: string }
   | { error: string }
@@ -49,6 +51,36 @@ function errorResponse(severity: string, code: string): Buffer {
 }
 
 const ready = () => msg('Z', Buffer.from('I'))
+
+function rowResponse(row: Record<string, string | null>): Buffer {
+  const names = Object.keys(row)
+  const nfields = Buffer.alloc(2)
+  nfields.writeInt16BE(names.length)
+  const fields = names.map((n) => {
+    const meta = Buffer.alloc(18)
+    meta.writeInt32BE(25, 6) // text
+    meta.writeInt16BE(-1, 10)
+    meta.writeInt32BE(-1, 12)
+    return Buffer.concat([cstr(n), meta])
+  })
+  const cells = names.map((n) => {
+    const v = row[n] ?? null
+    const len = Buffer.alloc(4)
+    if (v === null) {
+      len.writeInt32BE(-1)
+      return len
+    }
+    const data = Buffer.from(v, 'utf8')
+    len.writeInt32BE(data.length)
+    return Buffer.concat([len, data])
+  })
+  return Buffer.concat([
+    msg('T', Buffer.concat([nfields, ...fields])),
+    msg('D', Buffer.concat([nfields, ...cells])),
+    msg('C', cstr('SELECT 1')),
+    ready(),
+  ])
+}
 
 function rowsResponse(values: Array<string | null>, type: 'bool' | 'text'): Buffer {
   const field = Buffer.concat([cstr('r'), Buffer.alloc(18)])
@@ -128,7 +160,7 @@ export async function startFakePg(answer: (sql: string) => FakeAnswer): Promise<
           sock.write(Buffer.concat([errorResponse('ERROR', a.error), ready()]))
           continue
         }
-        sock.write(rowsResponse(a.rows, a.type ?? 'text'))
+        sock.write('row' in a ? rowResponse(a.row) : rowsResponse(a.rows, a.type ?? 'text'))
       }
     })
   })

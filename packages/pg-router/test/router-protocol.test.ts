@@ -180,7 +180,7 @@ describe('a member whose role check says "in recovery"', () => {
     dc.subscribe(channelNames.roleMismatch, s)
     let writes = 0
     try {
-      fake = await startFakePg((sql) => {
+      fake = await startFakePg((sql): FakeAnswer => {
         if (sql.includes('pg_is_in_recovery')) return { rows: ['t'], type: 'bool' }
         writes++
         return { rows: ['1'] }
@@ -206,7 +206,7 @@ describe('a write sent down the read path', () => {
     const s2 = (m: unknown) => excluded.push(m)
     dc.subscribe(channelNames.suspect, s1)
     dc.subscribe(channelNames.replicaExcluded, s2)
-    const replicaFake = await startFakePg((sql) => {
+    const replicaFake = await startFakePg((sql): FakeAnswer => {
       if (sql.includes('pg_is_in_recovery')) return { rows: ['t'], type: 'bool' }
       if (sql.includes('pg_last_wal_replay_lsn')) return { rows: ['0/3000060'] }
       if (sql.startsWith('INSERT')) {
@@ -267,3 +267,109 @@ describe('a write sent down the read path', () => {
 function memberOf(name: string, port: number, role: 'primary' | 'replica'): DiscoveredMember {
   return { name, host: '127.0.0.1', port, role, state: 'running', lagBytes: null, timeline: 1, sync: false }
 }
+
+describe('read-your-writes across a failover (fake members)', () => {
+  it('a replica on an older timeline, "ahead" by LSN, never serves a session read of a new-timeline write', async () => {
+    // A was the primary (timeline 1, LSN 0/9000000); B is promoted on timeline 2 at a lower
+    // LSN; A comes back as a replica that replayed 0/9000000 of timeline 1: it lacks B's writes.
+    const state = { aPrimary: true, aTimeline: 1, aReplay: '0/9000000' }
+    const served: string[] = []
+    const a = await startFakePg((sql): FakeAnswer => {
+      if (sql === 'SELECT pg_is_in_recovery() AS r')
+        return { rows: [state.aPrimary ? 'f' : 't'], type: 'bool' }
+      if (sql.includes('CASE WHEN'))
+        return state.aPrimary
+          ? { row: { lsn: '0/9000000', f: '000000010000000000000009', r: 'f' } }
+          : { row: { lsn: null, f: null, r: 't' } }
+      if (sql.includes('pg_last_wal_replay_lsn')) return { row: { lsn: state.aReplay, tl: null } }
+      if (sql.includes('pg_current_wal_lsn()::text AS lsn'))
+        return { row: { lsn: '0/9000000', f: '000000010000000000000009' } }
+      if (sql.startsWith('SELECT v')) {
+        served.push('a')
+        return { rows: [state.aPrimary ? 'new' : state.aTimeline === 2 ? 'new' : 'old'] }
+      }
+      return { rows: ['1'] }
+    })
+    const bState = { primary: false }
+    const b = await startFakePg((sql): FakeAnswer => {
+      if (sql === 'SELECT pg_is_in_recovery() AS r')
+        return { rows: [bState.primary ? 'f' : 't'], type: 'bool' }
+      if (sql.includes('CASE WHEN'))
+        return { row: { lsn: '0/5000000', f: '000000020000000000000005', r: bState.primary ? 'f' : 't' } }
+      if (sql.includes('pg_last_wal_replay_lsn')) return { row: { lsn: '0/9000000', tl: '1' } }
+      if (sql.includes('pg_current_wal_lsn()::text AS lsn'))
+        return { row: { lsn: '0/5000000', f: '000000020000000000000005' } }
+      if (sql.startsWith('SELECT v')) {
+        served.push('b')
+        return { rows: [bState.primary ? 'new' : 'old'] }
+      }
+      return { rows: ['1'] }
+    })
+    const members: DiscoveredMember[] = [
+      { ...memberOf('a', a.port, 'primary') },
+      { ...memberOf('b', b.port, 'replica'), lagBytes: 0 },
+    ]
+    try {
+      db = createPgRouter({
+        discovery: {
+          discover: async () => ({
+            members: members.map((m) => ({ ...m })),
+            source: 'fake',
+            at: performance.now(),
+          }),
+          onError: (l) => new Emitter<{ source: string; error: Error }>().on(l),
+          close: async () => {},
+        },
+        connection,
+        monitor: { intervalMs: 20, fastIntervalMs: 10 },
+        session: { maxWaitMs: 20 },
+      })
+      await db.ready({ timeoutMs: 2_000 })
+      const s0 = db.session()
+      await s0.write('INSERT 1')
+      expect(s0.timeline).toBe(1)
+
+      // failover: A is demoted (its role check and probe say "in recovery"), B is promoted
+      state.aPrimary = false
+      bState.primary = true
+      members[0] = { ...memberOf('a', a.port, 'replica'), lagBytes: 0, timeline: 1 }
+      members[1] = { ...memberOf('b', b.port, 'primary'), timeline: 2 }
+      for (let i = 0; i < 200 && db.topology().primary?.name !== 'b'; i++) await sleep(10)
+      expect(db.topology().primary?.name).toBe('b')
+      for (let i = 0; i < 200 && !db.topology().replicas.some((r) => r.name === 'a' && r.healthy); i++)
+        await sleep(10)
+      expect(db.topology().replicas).toMatchObject([{ name: 'a', healthy: true }])
+
+      const s = db.session()
+      await s.write('INSERT 2')
+      expect(s.timeline).toBe(2)
+      expect(s.lsn).toBe('0/5000000')
+      for (let i = 0; i < 20; i++) {
+        await sleep(5)
+        const resumed = db.session(s.token)
+        await expect(resumed.read('SELECT v')).resolves.toMatchObject({ rows: [{ r: 'new' }] })
+      }
+      expect(served.filter((x) => x === 'a')).toEqual([]) // A has replayed past 0/5000000, but of timeline 1
+
+      // A is rewound and follows timeline 2: now it may serve the session again
+      state.aTimeline = 2
+      state.aReplay = '0/5000100'
+      members[0] = { ...memberOf('a', a.port, 'replica'), lagBytes: 0, timeline: 2 }
+      let onA = false
+      for (let i = 0; i < 200 && !onA; i++) {
+        await sleep(10)
+        served.length = 0
+        await expect(db.session(s.token).read('SELECT v')).resolves.toMatchObject({ rows: [{ r: 'new' }] })
+        onA = served.includes('a')
+      }
+      expect(onA).toBe(true)
+    } finally {
+      await db?.close()
+      db = undefined
+      await a.close()
+      await b.close()
+    }
+  })
+})
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))

@@ -15,6 +15,8 @@ function member(name: string, over: Partial<Member> = {}, load = 0): Member {
     sync: false,
     reportedLagBytes: 0,
     lsn: null,
+    lsnTimeline: 1,
+    lsnEpoch: 0,
     measuredLagBytes: null,
     downUntil: 0,
     pool: { load } as unknown as MemberPool,
@@ -59,8 +61,26 @@ describe('replica choice', () => {
       member('there', { lsn: 100n }),
       member('unknown', { lsn: null }),
     ]
-    expect(eligibleReplicas(ms, { ...rules, minLsn: 100n }).map((m) => m.name)).toEqual(['there'])
+    expect(eligibleReplicas(ms, { ...rules, minLsn: 100n, minTimeline: 1 }).map((m) => m.name)).toEqual([
+      'there',
+    ])
     expect(eligibleReplicas(ms, { ...rules, minLsn: null }).length).toBe(3)
+  })
+
+  it('read-your-writes across timelines: a position only counts on its own timeline', () => {
+    // After a failover the old primary rejoins on the old timeline, "ahead" by LSN without the write.
+    const ms = [
+      member('old-primary', { lsn: 900n, lsnTimeline: 1 }),
+      member('follower', { lsn: 100n, lsnTimeline: 2 }),
+      member('unknown-tl', { lsn: 900n, lsnTimeline: null }),
+    ]
+    expect(eligibleReplicas(ms, { ...rules, minLsn: 100n, minTimeline: 2 }).map((m) => m.name)).toEqual([
+      'follower',
+    ])
+    expect(eligibleReplicas(ms, { ...rules, minLsn: 500n, minTimeline: 2 })).toEqual([])
+    // a position whose timeline is unknown (a version 1 token): no replica qualifies
+    expect(eligibleReplicas(ms, { ...rules, minLsn: 100n, minTimeline: null })).toEqual([])
+    expect(eligibleReplicas(ms, { ...rules, minLsn: 100n })).toEqual([])
   })
 
   it('round robin cycles; least-busy takes the lowest load', () => {
