@@ -1,11 +1,23 @@
 import { EventEmitter } from 'node:events'
-import type { PoolClient, QueryConfig, QueryResult } from 'pg'
+import type {
+  PoolClient,
+  PoolOptions,
+  QueryArrayConfig,
+  QueryArrayResult,
+  QueryConfig,
+  QueryConfigValues,
+  QueryResult,
+  QueryResultRow,
+  Submittable,
+} from 'pg'
 import type { Lease } from './member-pool.js'
 
 export interface FacadeBackend {
   query(text: string | QueryConfig, values: unknown[] | undefined): Promise<QueryResult>
   acquire(signal?: AbortSignal): Promise<Lease>
   stats(): { total: number; idle: number; waiting: number }
+  /** What `options` shows: pool-shaped settings only (never connection details or a password). */
+  options: PoolOptions
 }
 
 type Callback<T> = (
@@ -28,11 +40,17 @@ export class RouterPool extends EventEmitter {
   readonly #backend: FacadeBackend
   ending = false
   ended = false
+  /**
+   * pg.Pool's `options`, for code typed against pg.Pool: the per-member pool settings
+   * (`max`, `idleTimeoutMillis`, ...). Connection details and the password are left out.
+   */
+  readonly options: PoolOptions
 
   constructor(role: 'primary' | 'replicas', backend: FacadeBackend) {
     super()
     this.role = role
     this.#backend = backend
+    this.options = backend.options
     // pg.Pool emits 'error' for idle clients; ours are handled inside the router. Keep a
     // listener so that a user's emit('error') without listeners cannot crash the process.
     this.on('error', () => {})
@@ -50,18 +68,51 @@ export class RouterPool extends EventEmitter {
     return this.#backend.stats().waiting
   }
 
-  query(
-    text: string | QueryConfig,
-    values?: unknown[] | Callback<QueryResult>,
-    cb?: Callback<QueryResult>,
-  ): any {
-    const callback = typeof values === 'function' ? values : cb
+  /** pg.Pool counts clients closed for `maxLifetimeSeconds`; the router's pools set none: always 0. */
+  get expiredCount(): number {
+    return 0
+  }
+
+  // The overloads are pg.Pool's own (so that the facade is assignable to pg.Pool, as Drizzle's
+  // and Kysely's types require). A Submittable (cursor, stream) is refused: use connect().
+  query<T extends Submittable>(queryStream: T): T
+  query<R extends any[] = any[], I = any[]>(
+    queryConfig: QueryArrayConfig<I>,
+    values?: QueryConfigValues<I>,
+  ): Promise<QueryArrayResult<R>>
+  query<R extends QueryResultRow = any, I = any[]>(queryConfig: QueryConfig<I>): Promise<QueryResult<R>>
+  query<R extends QueryResultRow = any, I = any[]>(
+    queryTextOrConfig: string | QueryConfig<I>,
+    values?: QueryConfigValues<I>,
+  ): Promise<QueryResult<R>>
+  query<R extends any[] = any[], I = any[]>(
+    queryConfig: QueryArrayConfig<I>,
+    callback: (err: Error, result: QueryArrayResult<R>) => void,
+  ): void
+  query<R extends QueryResultRow = any, I = any[]>(
+    queryTextOrConfig: string | QueryConfig<I>,
+    callback: (err: Error, result: QueryResult<R>) => void,
+  ): void
+  query<R extends QueryResultRow = any, I = any[]>(
+    queryText: string,
+    values: QueryConfigValues<I>,
+    callback: (err: Error, result: QueryResult<R>) => void,
+  ): void
+  query(text: unknown, values?: unknown, cb?: unknown): any {
+    const callback = (typeof values === 'function' ? values : cb) as Callback<QueryResult> | undefined
     const vals = Array.isArray(values) ? values : undefined
-    const p = this.#backend.query(text, vals)
+    const p =
+      typeof text === 'object' && text !== null && typeof (text as { submit?: unknown }).submit === 'function'
+        ? Promise.reject(
+            new TypeError(
+              'db.primary/db.replicas.query does not take a Submittable (cursor, stream): use connect()',
+            ),
+          )
+        : this.#backend.query(text as string | QueryConfig, vals)
     if (!callback) return p
     p.then(
       (r) => callback(null, r),
-      (err) => callback(err),
+      (err: Error) => callback(err),
     )
     return undefined
   }

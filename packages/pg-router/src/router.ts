@@ -12,7 +12,7 @@ import {
   ResilientError,
   sleep,
 } from '@resilient/core'
-import type { QueryConfig, QueryResult, QueryResultRow } from 'pg'
+import type { PoolOptions, QueryConfig, QueryResult, QueryResultRow } from 'pg'
 import { channels } from './channels.js'
 import { type CheckResult, createCheck } from './check.js'
 import { type Classification, classifyError, mayRetry, sqlStateOf } from './classify.js'
@@ -779,13 +779,23 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
     },
   }
 
+  const poolOptions: PoolOptions = Object.freeze({
+    max: opts.pool.max,
+    maxUses: Number.POSITIVE_INFINITY,
+    allowExitOnIdle: true,
+    maxLifetimeSeconds: 0,
+    idleTimeoutMillis: opts.pool.idleTimeoutMs,
+    connectionTimeoutMillis: opts.pool.connectTimeoutMs,
+  })
   const primary = new RouterPool('primary', {
+    options: poolOptions,
     query: (text, values) => doWrite(text, values, undefined),
     acquire: async (signal) =>
       (await acquireWriter(signal, performance.now() + opts.failover.timeoutMs)).lease,
     stats: () => sumStats(gate.writer ? [gate.writer] : []),
   })
   const replicas = new RouterPool('replicas', {
+    options: poolOptions,
     query: (text, values) => doRead(text, values, undefined, null),
     acquire: async (signal) =>
       (await acquireReader(signal, performance.now() + opts.failover.timeoutMs, null, new Set())).lease,

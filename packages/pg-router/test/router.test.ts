@@ -251,3 +251,26 @@ describe('MemberPool against a server that never answers', () => {
     await expect(mp.acquire('read')).rejects.toMatchObject({ code: 'E_SHUTTING_DOWN' })
   })
 })
+
+describe('the pg.Pool facades', () => {
+  it('carry pg.Pool’s expiredCount and options (pool settings only, no password); refuse a Submittable', async () => {
+    const db = createPgRouter({
+      discovery: fakeDiscovery(() => []),
+      connection,
+      pool: { max: 7, idleTimeoutMs: 1_234 },
+    })
+    try {
+      for (const pool of [db.primary, db.replicas]) {
+        expect(pool.expiredCount).toBe(0)
+        expect(pool.options).toMatchObject({ max: 7, idleTimeoutMillis: 1_234, maxLifetimeSeconds: 0 })
+        expect(JSON.stringify(pool.options)).not.toContain(SECRET)
+        expect(inspect(pool, { depth: 5 })).not.toContain(SECRET)
+        expect(Object.isFrozen(pool.options)).toBe(true)
+      }
+      const cursorLike = { text: 'SELECT 1', submit: () => {} }
+      await expect(db.primary.query(cursorLike as never)).rejects.toBeInstanceOf(TypeError)
+    } finally {
+      await db.close()
+    }
+  })
+})
