@@ -3,20 +3,23 @@ export type { CheckResult } from './check.js'
 export type { Classification, ClassifyContext, ErrorClass } from './classify.js'
 export { classifyError, mayRetry } from './classify.js'
 export type {
-  PatroniAuthOptions,
-  PatroniDiscoveryOptions,
-  PatroniTlsOptions,
-} from './discovery/patroni.js'
-export { createPatroniDiscovery, DEFAULT_PATRONI_DISCOVERY_OPTIONS } from './discovery/patroni.js'
-export type { StaticDiscoveryOptions, StaticHost } from './discovery/static.js'
-export { createStaticDiscovery, DEFAULT_STATIC_DISCOVERY_OPTIONS } from './discovery/static.js'
-export type {
   DiscoveredMember,
   Discovery,
   DiscoveryErrorEvent,
   DiscoveryResult,
   MemberRole,
-} from './discovery/types.js'
+  PatroniAuthOptions,
+  PatroniDiscoveryOptions,
+  PatroniTlsOptions,
+  StaticDiscoveryOptions,
+  StaticHost,
+} from './discovery/index.js'
+export {
+  createPatroniDiscovery,
+  createStaticDiscovery,
+  DEFAULT_PATRONI_DISCOVERY_OPTIONS,
+  DEFAULT_STATIC_DISCOVERY_OPTIONS,
+} from './discovery/index.js'
 export { RouterPool } from './facade.js'
 export type { FailoverEvent } from './failover.js'
 export type { MemberPoolStats } from './member-pool.js'
