@@ -4,7 +4,9 @@
  *   like ours) | cockatiel 3 (SamplingBreaker) — closed (call passes) and open (call rejected).
  *
  * Run:  npx tsc -b packages/core && node --expose-gc bench/core/breaker.bench.mjs
- * Env:  ROUNDS (default 15), ITERATIONS (default 20000)
+ * Env:  ROUNDS (default 15), ITERATIONS (default 20000),
+ *       BASELINE_CORE (optional: the path of another build's dist/index.js, e.g. a copy of
+ *       packages/core/dist from an older commit; adds a row for its breaker, side by side)
  * Out:  a markdown table on stdout and bench/out/core-breaker.json
  *
  * Every breaker is configured to the same policy where the library allows it: open above 50%
@@ -40,6 +42,14 @@ const oursTimeout = createBreaker({
   resetTimeoutMs: RESET_MS,
   timeoutMs: 10_000,
 })
+const baseline = process.env.BASELINE_CORE
+  ? (await import(process.env.BASELINE_CORE)).createBreaker({
+      name: 'bench-baseline',
+      errorThresholdPercentage: 50,
+      volumeThreshold: 10,
+      resetTimeoutMs: RESET_MS,
+    })
+  : undefined
 const opossumDefault = new CircuitBreaker(work, { resetTimeout: RESET_MS })
 const opossumTuned = new CircuitBreaker(work, {
   timeout: false,
@@ -100,6 +110,7 @@ for (const p of [
 const cases = {
   bare: () => work(),
   '@resilient/core': () => ours.execute(work),
+  ...(baseline ? { [`baseline ${process.env.BASELINE_CORE}`]: () => baseline.execute(work) } : {}),
   '@resilient/core + timeoutMs': () => oursTimeout.execute(work),
   '@resilient/core + timeoutMs, fn takes the signal': () => oursTimeout.execute(workWithSignal),
   'opossum 9 defaults': () => opossumDefault.fire(),
@@ -160,5 +171,5 @@ const file = writeJson('core-breaker', {
 })
 console.log(`\nwrote ${file}`)
 
-for (const b of [ours, oursTimeout, oursOpen]) b.shutdown()
+for (const b of [ours, oursTimeout, oursOpen, baseline]) b?.shutdown()
 for (const cb of [opossumDefault, opossumTuned, opossumDefaultOpen, opossumTunedOpen]) cb.shutdown()

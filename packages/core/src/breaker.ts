@@ -151,9 +151,10 @@ export function createBreaker(options: BreakerOptions = {}): Breaker {
   let pending: 'ignored' | 'aborted' | undefined
 
   const operation = `breaker ${name} call`
+  const timeoutOptions: { signal?: AbortSignal; operation: string } = { operation }
   const action: Action =
     timeoutMs > 0
-      ? (fn, signal) => withTimeout(fn, timeoutMs, { signal, operation })
+      ? (fn, signal) => withTimeout(fn, timeoutMs, signal ? { signal, operation } : timeoutOptions)
       : (fn, signal) => fn(signal)
 
   const cb = new CircuitBreaker<Parameters<Action>, unknown>(action, {
@@ -178,7 +179,10 @@ export function createBreaker(options: BreakerOptions = {}): Breaker {
       return !(kind === 'aborted' && cb.halfOpen)
     }) as (err: unknown) => boolean,
   })
-  dropLatencySamples(cb)
+  // opossum's rolling window (an array of count buckets it rotates in place); undefined if a
+  // future opossum changes shape, and then every call goes through `cb.fire()`.
+  const window = statusWindow(cb)
+  dropLatencySamples(cb, window)
 
   const changes = new Emitter<BreakerStateChange>()
   let state: BreakerState = 'closed'
@@ -196,7 +200,7 @@ export function createBreaker(options: BreakerOptions = {}): Breaker {
     publish(channels.breakerState, change)
     changes.emit(change)
   }
-  // Counting rides on opossum's own events: no extra promise per call.
+  // The half-open trial goes through `cb.fire()`: it is counted on opossum's events.
   cb.on('success', () => {
     const kind = pending
     pending = undefined
@@ -213,6 +217,51 @@ export function createBreaker(options: BreakerOptions = {}): Breaker {
   cb.on('halfOpen', () => move('half-open'))
   cb.on('close', () => move('closed'))
 
+  // ---- the closed-state path: opossum stays the state engine, but is fed counts directly.
+  // `cb.fire()` costs a 'fire' emit, a semaphore promise, a new Promise, two Date.now() and a
+  // 'success' emit with two listeners per call; here a call costs one `.then` on fn's own
+  // promise and three increments. The outcome is applied exactly as opossum's fire() would:
+  // the same window buckets, the same open decision (its `fail()`), the same close on a
+  // success seen while half-open.
+
+  /** opossum's `fail()` decision, after a failure was counted in the window. */
+  const afterFailure = () => {
+    if (cb.warmUp) return
+    const s = cb.stats
+    if (s.fires < volumeThreshold && !cb.halfOpen) return
+    if ((s.failures / s.fires) * 100 > errorThresholdPercentage || cb.halfOpen) cb.open()
+  }
+  const onSuccess = (): void => {
+    if (isShutdown) return
+    successes++
+    window![0]!.successes++
+    if (cb.halfOpen) cb.close() // opossum: any success seen while half-open closes
+  }
+  /** Counts a failed call; returns its kind for metrics. */
+  const onFailure = (err: unknown, signal: AbortSignal | undefined): 'failed' | 'ignored' | 'aborted' => {
+    const kind = classify(err, signal)
+    if (isShutdown) return kind
+    const bucket = window![0]!
+    if (kind === 'failed' || (kind === 'aborted' && cb.halfOpen)) {
+      bucket.failures++
+      if (kind === 'failed') {
+        failures++
+        if (ResilientError.is(err, 'E_TIMEOUT')) timeouts++
+      }
+      afterFailure()
+    } else {
+      bucket.successes++ // opossum counts a filtered error as a success
+      if (kind === 'ignored') {
+        successes++
+        if (cb.halfOpen) cb.close()
+      }
+    }
+    return kind
+  }
+  const onFailureNoSignal = (err: unknown): void => {
+    onFailure(err, undefined)
+  }
+
   const rejectDetails = Object.freeze({ breaker: name })
   const rejected = () => {
     rejects++
@@ -226,6 +275,24 @@ export function createBreaker(options: BreakerOptions = {}): Breaker {
     )
   }
 
+  /** Through opossum's own fire(): the half-open trial (or every call, if its window was not found). */
+  const fire = <T>(fn: (signal: AbortSignal | undefined) => Promise<T>, signal: AbortSignal | undefined) => {
+    const p = cb.fire(fn as Parameters<Action>[0], signal) as Promise<T>
+    if (!metrics.active) return p
+    const t0 = performance.now()
+    return p.then(
+      (value) => {
+        metrics.recordBreakerCall(name, 'successful', (performance.now() - t0) / 1000)
+        return value
+      },
+      (err: unknown) => {
+        const kind = classify(err, signal)
+        if (kind !== 'aborted') metrics.recordBreakerCall(name, kind, (performance.now() - t0) / 1000)
+        throw err
+      },
+    )
+  }
+
   const breaker: Breaker = {
     name,
     get state() {
@@ -234,7 +301,7 @@ export function createBreaker(options: BreakerOptions = {}): Breaker {
     execute<T>(
       fn: (signal: AbortSignal | undefined) => Promise<T>,
       callOptions?: { signal?: AbortSignal | undefined },
-    ) {
+    ): Promise<T> {
       // Fail fast without opossum's error (it captures a stack on every rejection).
       // Half-open: opossum lets exactly one call through (pendingClose), we reject the rest.
       if (isShutdown || cb.opened || (cb.halfOpen && !cb.pendingClose)) return rejected() as Promise<T>
@@ -242,20 +309,36 @@ export function createBreaker(options: BreakerOptions = {}): Breaker {
       if (typeof fn !== 'function') return Promise.reject(new TypeError('breaker.execute needs a function'))
       const signal = callOptions?.signal
       if (signal?.aborted) return Promise.reject(abortError(signal, operation))
-      const p = cb.fire(fn as Parameters<Action>[0], signal) as Promise<T>
-      if (!metrics.active) return p
-      const t0 = performance.now()
-      return p.then(
-        (value) => {
-          metrics.recordBreakerCall(name, 'successful', (performance.now() - t0) / 1000)
-          return value
-        },
-        (err: unknown) => {
-          const kind = classify(err, signal)
-          if (kind !== 'aborted') metrics.recordBreakerCall(name, kind, (performance.now() - t0) / 1000)
-          throw err
-        },
-      )
+      if (window === undefined || !cb.closed) return fire(fn, signal)
+
+      window[0]!.fires++
+      let p: Promise<T>
+      try {
+        p =
+          timeoutMs > 0
+            ? withTimeout(fn, timeoutMs, signal ? { signal, operation } : timeoutOptions)
+            : fn(signal)
+        if (!(p instanceof Promise)) p = Promise.resolve(p)
+      } catch (err) {
+        p = Promise.reject(err) // a synchronous throw is a failed call, as in opossum
+      }
+      // The caller gets fn's own promise: our reaction was registered first, so the outcome
+      // is counted (and the breaker maybe opened) before the caller's code resumes.
+      if (metrics.active) {
+        const t0 = performance.now()
+        p.then(
+          () => {
+            onSuccess()
+            metrics.recordBreakerCall(name, 'successful', (performance.now() - t0) / 1000)
+          },
+          (err: unknown) => {
+            const kind = onFailure(err, signal)
+            if (kind !== 'aborted') metrics.recordBreakerCall(name, kind, (performance.now() - t0) / 1000)
+          },
+        )
+      } else if (signal === undefined) p.then(onSuccess, onFailureNoSignal)
+      else p.then(onSuccess, (err: unknown) => onFailure(err, signal))
+      return p
     },
     onStateChange: (listener) => changes.on(listener),
     stats: () => ({ name, state, successes, failures, timeouts, rejects, failureRate: failureRate() }),
@@ -301,22 +384,40 @@ const KNOWN_KEYS = [
   'isFailure',
 ] as const
 
+/** The counts of one bucket of opossum's window. */
+interface Bucket {
+  fires: number
+  successes: number
+  failures: number
+}
+
+/**
+ * opossum 9's rolling window: the array of buckets its Status rotates in place (`pop` +
+ * `unshift`), `[0]` being the current bucket. Guarded: if a future opossum changes shape,
+ * undefined (and the breaker goes through `fire()` for every call).
+ */
+function statusWindow(cb: CircuitBreaker): Bucket[] | undefined {
+  const status = cb.status as unknown as Record<symbol, unknown>
+  const sym = Object.getOwnPropertySymbols(status).find((s) => s.description === 'window')
+  const window = sym === undefined ? undefined : status[sym]
+  if (!Array.isArray(window) || window.length === 0) return undefined
+  const b = window[0] as Record<string, unknown>
+  if (typeof b.fires !== 'number' || typeof b.successes !== 'number' || typeof b.failures !== 'number') {
+    return undefined
+  }
+  return window as Bucket[]
+}
+
 /**
  * opossum 9 pushes every call's latency into its window even with rolling percentiles off
- * (status.js `increment`): at 100k calls/s that is a million-entry array per window. We
- * count without the samples. Guarded: if a future opossum changes shape, nothing is patched.
+ * (status.js `increment`): at 100k calls/s that is a million-entry array per window. The
+ * half-open trial still goes through it: we count without the samples.
  */
-function dropLatencySamples(cb: CircuitBreaker): void {
-  const status = cb.status as unknown as {
-    increment?: (property: string, latency?: number) => void
-    window?: unknown
-  }
-  const window = (status as unknown as Record<symbol, unknown>)[
-    Object.getOwnPropertySymbols(status).find((s) => s.description === 'window') ?? Symbol()
-  ]
-  if (typeof status.increment !== 'function' || !Array.isArray(window)) return
+function dropLatencySamples(cb: CircuitBreaker, window: Bucket[] | undefined): void {
+  const status = cb.status as unknown as { increment?: (property: string, latency?: number) => void }
+  if (typeof status.increment !== 'function' || window === undefined) return
   status.increment = (property: string) => {
-    const bucket = window[0] as Record<string, number> | undefined
+    const bucket = window[0] as unknown as Record<string, number> | undefined
     if (bucket && typeof bucket[property] === 'number') bucket[property]++
   }
 }

@@ -263,6 +263,101 @@ describe('breaker state machine', () => {
   })
 })
 
+describe('breaker closed path (fed to opossum without fire())', () => {
+  const require = createRequire(import.meta.url)
+  const CircuitBreaker = require('opossum') as { prototype: { fire(...args: unknown[]): Promise<unknown> } }
+
+  it('runs closed calls without opossum’s fire(); the half-open trial goes through it', async () => {
+    const spy = vi.spyOn(CircuitBreaker.prototype, 'fire')
+    try {
+      const { b } = make()
+      for (let i = 0; i < 20; i++) await b.execute(ok)
+      expect(spy).not.toHaveBeenCalled()
+      await trip(b, 30) // 30 failed of 50
+      expect(b.state).toBe('open')
+      expect(spy).not.toHaveBeenCalled()
+      await vi.advanceTimersByTimeAsync(1_000)
+      await expect(b.execute(ok)).resolves.toBe('ok')
+      expect(spy).toHaveBeenCalledTimes(1)
+      expect(b.state).toBe('closed')
+    } finally {
+      spy.mockRestore()
+    }
+  })
+
+  it('returns the value of fn, also when fn returns a non-promise', async () => {
+    const { b } = make()
+    await expect(b.execute(() => 7 as unknown as Promise<number>)).resolves.toBe(7)
+    const value = { a: 1 }
+    await expect(b.execute(async () => value)).resolves.toBe(value)
+    expect(b.stats()).toMatchObject({ successes: 2, failures: 0 })
+  })
+
+  it('a synchronous throw from fn is a failed call: rejected, counted, and it can open the breaker', async () => {
+    const { b } = make()
+    const boom = new Error('sync')
+    for (let i = 0; i < 4; i++) {
+      await expect(
+        b.execute(() => {
+          throw boom
+        }),
+      ).rejects.toBe(boom)
+    }
+    expect(b.stats()).toMatchObject({ failures: 4 })
+    expect(b.state).toBe('open')
+  })
+
+  it('counts the outcome before the caller resumes', async () => {
+    const { b } = make()
+    for (let i = 0; i < 3; i++) await b.execute(fail).catch(() => {})
+    let seen: string | undefined
+    await b.execute(fail).catch(() => {
+      seen = b.state
+    })
+    expect(seen).toBe('open')
+  })
+
+  it('a failure that lands after the breaker opened is counted and keeps it open', async () => {
+    const { b, changes } = make()
+    const late = deferred<never>()
+    const inFlight = b.execute(() => late.promise).catch((e: unknown) => e)
+    await trip(b, 3) // with the call in flight: 3 failed of 4 calls
+    expect(b.state).toBe('open')
+    late.reject(new Error('late'))
+    expect(((await inFlight) as Error).message).toBe('late')
+    expect(b.stats()).toMatchObject({ failures: 4, successes: 0, rejects: 0 })
+    expect(changes).toEqual(['closed->open'])
+  })
+
+  it('a call that started closed and succeeds while half-open closes the breaker (as opossum does)', async () => {
+    const { b, changes } = make()
+    const slow = deferred<string>()
+    const inFlight = b.execute(() => slow.promise)
+    await trip(b)
+    await vi.advanceTimersByTimeAsync(1_000)
+    expect(b.state).toBe('half-open')
+    slow.resolve('late ok')
+    await expect(inFlight).resolves.toBe('late ok')
+    expect(b.state).toBe('closed')
+    expect(changes).toEqual(['closed->open', 'open->half-open', 'half-open->closed'])
+  })
+
+  it('a call that settles after shutdown() is neither counted nor a crash', async () => {
+    const { b } = make()
+    const slow = deferred<string>()
+    const failing = deferred<string>()
+    const a = b.execute(() => slow.promise)
+    const c = b.execute(() => failing.promise).catch((e: unknown) => e)
+    b.shutdown()
+    slow.resolve('done')
+    failing.reject(new Error('after shutdown'))
+    await expect(a).resolves.toBe('done')
+    expect(((await c) as Error).message).toBe('after shutdown')
+    expect(b.stats()).toMatchObject({ successes: 0, failures: 0 })
+    expect(b.state).toBe('closed')
+  })
+})
+
 describe('breaker resources', () => {
   it('keeps one timer per breaker (bucket rotation): no snapshot timer, no per-call timer without timeoutMs', async () => {
     const before = vi.getTimerCount()
