@@ -11,52 +11,67 @@ import type { ConnectionOptions } from './options.js'
  * primary is therefore "swap in a fresh pool, end() the old one": no private fields needed.
  */
 
-/** What we know about one pooled pg client. */
+/** What we know about one pooled pg client (kept on the client itself, under a symbol). */
 interface ClientInfo {
-  /** `pg_is_in_recovery()` as last checked on this very connection. */
+  /** `pg_is_in_recovery()` as last checked on this very connection (true until checked). */
   inRecovery: boolean
+  /** The role check has answered on this connection. */
+  checked: boolean
+  /** The client emitted 'error' (its socket died): never reuse it. */
+  broken: boolean
   generation: number
 }
 
-const clientInfo = new WeakMap<object, ClientInfo>()
+const INFO = Symbol('pg-router.clientInfo')
+type InfoHolder = { [INFO]?: ClientInfo }
 
-interface Deadline {
-  at: number
-  fire: () => void
+function infoOf(client: object): ClientInfo | undefined {
+  return (client as InfoHolder)[INFO]
 }
 
 /**
- * One coarse timer for every statement deadline in the process instead of a setTimeout per
- * statement (the hot path): it ticks every 20 ms while statements are in flight, and stops
- * after a tick with none. A deadline fires between `timeoutMs` and `timeoutMs + 20` ms.
+ * Attached once per client, when it connects, for its whole life: a checked-out client
+ * whose socket dies emits 'error' (its pending query fails too, and that failure is what the
+ * caller sees). Without a listener the process would crash; with one per checkout the hot
+ * path would pay an add/remove per statement.
+ */
+function onClientError(this: InfoHolder): void {
+  const info = this[INFO]
+  if (info) info.broken = true
+}
+
+/**
+ * Statement deadlines without a timer per statement: a lease with a statement in flight is
+ * in `inflight` (its `deadlineAt` set), and one coarse interval, running only while the set
+ * is non-empty, expires the overdue ones every DEADLINE_TICK_MS. Expiring destroys the
+ * connection's socket: pg rejects the pending query at once and the caller gets E_TIMEOUT.
+ * A deadline fires between `timeoutMs` and `timeoutMs + DEADLINE_TICK_MS` ms.
  */
 const DEADLINE_TICK_MS = 20
-const deadlines = new Set<Deadline>()
+const inflight = new Set<Lease>()
 let deadlineTimer: NodeJS.Timeout | undefined
 
 function sweepDeadlines(): void {
-  if (deadlines.size === 0) {
+  if (inflight.size === 0) {
     clearInterval(deadlineTimer)
     deadlineTimer = undefined
     return
   }
   const now = performance.now()
-  for (const d of deadlines) {
-    if (d.at <= now) {
-      deadlines.delete(d)
-      d.fire()
+  for (const lease of inflight) {
+    if (lease.deadlineAt <= now) {
+      inflight.delete(lease)
+      lease.expire()
     }
   }
 }
 
-function addDeadline(ms: number, fire: () => void): Deadline {
-  const d = { at: performance.now() + ms, fire }
-  deadlines.add(d)
+function watch(lease: Lease): void {
+  inflight.add(lease)
   if (deadlineTimer === undefined) {
     deadlineTimer = setInterval(sweepDeadlines, DEADLINE_TICK_MS)
     deadlineTimer.unref()
   }
-  return d
 }
 
 /** The parts of pg's client state we read (pg-pool reads the same two fields). */
@@ -65,11 +80,19 @@ interface PgClientState {
   _ending?: boolean
   _ended?: boolean
   getTransactionStatus?: () => string | null
+  connection?: { stream?: { destroy?: () => void } }
 }
 
 export function connectionLost(client: pg.ClientBase): boolean {
   const c = client as unknown as PgClientState
   return c._queryable === false || c._ending === true || c._ended === true
+}
+
+/** Cuts a connection now (a hung server never answers an orderly Terminate). */
+function destroyConnection(client: pg.PoolClient): void {
+  const stream = (client as unknown as PgClientState).connection?.stream
+  if (stream && typeof stream.destroy === 'function') stream.destroy()
+  else (client as unknown as pg.Client).end().catch(() => {})
 }
 
 export interface MemberPoolConfig {
@@ -99,22 +122,20 @@ export interface MemberPoolStats {
   discarded: number
 }
 
-export interface QueryOptions {
-  timeoutMs: number
-  signal?: AbortSignal | undefined
-}
+const NO_INFO: ClientInfo = Object.freeze({ inRecovery: true, checked: false, broken: false, generation: -1 })
 
 /** A checked-out connection. Release it exactly once. */
 export class Lease {
   /** The statement was handed to a healthy connection (it may have reached the server). */
   sent = false
+  /** The statement in flight passed its deadline: the connection was cut. */
+  timedOut = false
+  /** performance.now() by which the statement in flight must settle; 0: none in flight. */
+  deadlineAt = 0
+  #timeoutMs = 0
   #released = false
-  #onError = (_err: Error) => {
-    // A checked-out client whose socket dies emits 'error'; its pending query also fails, and
-    // that failure is what the caller sees. Without this listener the process would crash.
-    this.broken = true
-  }
-  broken = false
+  #aborted = false
+  readonly #info: ClientInfo
   /** pg-pool's release for this checkout (the facade replaces `client.release` with ours). */
   readonly #poolRelease: (err?: Error | boolean) => void
 
@@ -124,7 +145,7 @@ export class Lease {
     readonly generation: number,
   ) {
     this.#poolRelease = client.release
-    client.on('error', this.#onError)
+    this.#info = infoOf(client) ?? NO_INFO
   }
 
   get released(): boolean {
@@ -132,60 +153,105 @@ export class Lease {
   }
 
   get inRecovery(): boolean {
-    return clientInfo.get(this.client)?.inRecovery ?? true
+    return this.#info.inRecovery
+  }
+
+  /** The connection died (socket error), or a statement on it was abandoned (timeout, abort). */
+  get broken(): boolean {
+    return this.#info.broken || this.#aborted || this.timedOut
   }
 
   get lost(): boolean {
     return this.broken || connectionLost(this.client)
   }
 
-  /** Runs one statement, bounded by `timeoutMs` and the signal; on either the connection is marked for destruction. */
-  query<R extends pg.QueryResultRow = any>(
+  /**
+   * Starts one statement and returns pg's own promise (no wrapper); `timeoutMs` > 0 arms the
+   * coarse deadline. Call `settled()` once it settled, and map a rejection with
+   * `failure(err)`. `query()` does all of that.
+   */
+  start<R extends pg.QueryResultRow = any>(
     text: string | pg.QueryConfig,
     values: unknown[] | undefined,
-    options: QueryOptions,
+    timeoutMs: number,
   ): Promise<pg.QueryResult<R>> {
     this.sent = !connectionLost(this.client)
-    const p = this.client.query<R>(text as pg.QueryConfig, values as unknown[])
-    const { timeoutMs, signal } = options
-    if (!(timeoutMs > 0) && !signal) return p
-    return new Promise((resolve, reject) => {
+    if (timeoutMs > 0) {
+      this.#timeoutMs = timeoutMs
+      this.deadlineAt = performance.now() + timeoutMs
+      watch(this)
+    }
+    return this.client.query<R>(text as pg.QueryConfig, values as unknown[])
+  }
+
+  /** The statement settled: disarm its deadline. */
+  settled(): void {
+    if (this.deadlineAt !== 0) {
+      this.deadlineAt = 0
+      inflight.delete(this)
+    }
+  }
+
+  /** What the caller sees for a failed statement: E_TIMEOUT when the deadline cut it, else pg's error. */
+  failure(err: unknown): unknown {
+    if (!this.timedOut) return err
+    return new ResilientError(
+      'E_TIMEOUT',
+      `query on ${this.member.name} timed out after ${this.#timeoutMs} ms`,
+      { cause: err, details: { member: this.member.name, timeoutMs: this.#timeoutMs } },
+    )
+  }
+
+  /** Called by the deadline sweep. */
+  expire(): void {
+    this.deadlineAt = 0
+    this.timedOut = true
+    destroyConnection(this.client)
+  }
+
+  /** Runs one statement, bounded by `timeoutMs` and the signal; on either the connection is marked for destruction. */
+  async query<R extends pg.QueryResultRow = any>(
+    text: string | pg.QueryConfig,
+    values: unknown[] | undefined,
+    timeoutMs: number,
+    signal?: AbortSignal | undefined,
+  ): Promise<pg.QueryResult<R>> {
+    if (signal?.aborted) {
+      this.#aborted = true
+      throw abortError(signal, 'query')
+    }
+    const p = this.start<R>(text, values, timeoutMs)
+    try {
+      return await (signal ? this.#withSignal(p, signal) : p)
+    } catch (err) {
+      throw this.failure(err)
+    } finally {
+      this.settled()
+    }
+  }
+
+  /** Rejects at once when `signal` aborts (the connection is then abandoned: destroyed on release). */
+  #withSignal<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
       let done = false
-      let deadline: Deadline | undefined
-      const finish = () => {
-        done = true
-        if (deadline) deadlines.delete(deadline)
-        signal?.removeEventListener('abort', onAbort)
-      }
       const onAbort = () => {
         if (done) return
-        finish()
-        this.broken = true
-        reject(abortError(signal!, 'query'))
+        done = true
+        this.#aborted = true
+        reject(abortError(signal, 'query'))
       }
-      if (signal?.aborted) return onAbort()
-      if (timeoutMs > 0) {
-        deadline = addDeadline(timeoutMs, () => {
-          if (done) return
-          finish()
-          this.broken = true
-          reject(
-            new ResilientError('E_TIMEOUT', `query on ${this.member.name} timed out after ${timeoutMs} ms`, {
-              details: { member: this.member.name, timeoutMs },
-            }),
-          )
-        })
-      }
-      signal?.addEventListener('abort', onAbort, { once: true })
+      signal.addEventListener('abort', onAbort, { once: true })
       p.then(
         (r) => {
           if (done) return
-          finish()
+          done = true
+          signal.removeEventListener('abort', onAbort)
           resolve(r)
         },
         (err) => {
           if (done) return
-          finish()
+          done = true
+          signal.removeEventListener('abort', onAbort)
           reject(err)
         },
       )
@@ -199,7 +265,7 @@ export class Lease {
   release(destroy?: boolean | Error): void {
     if (this.#released) return
     this.#released = true
-    this.client.removeListener('error', this.#onError)
+    this.settled()
     const status = (this.client as unknown as PgClientState).getTransactionStatus?.()
     const bad = Boolean(destroy) || this.lost || (status != null && status !== 'I')
     if (bad) this.member.countDiscard()
@@ -266,16 +332,23 @@ export class MemberPool {
       port: c.port,
       max: c.max,
       idleTimeoutMillis: c.idleTimeoutMs,
-      connectionTimeoutMillis: c.connectTimeoutMs,
+      // No pool-level connectionTimeoutMillis: pg-pool would arm a timer on every checkout,
+      // even of an idle client. Opening a connection is bounded by the client (below), and
+      // waiting for a busy pool by connectWithSignal.
+      Client: boundedClient(c.connectTimeoutMs) as unknown as pg.PoolConfig['Client'],
       keepAlive: true,
       allowExitOnIdle: true,
       // Every new connection learns its role before anyone may use it.
       onConnect: (async (client: pg.ClientBase) => {
+        const info: ClientInfo = { inRecovery: true, checked: false, broken: false, generation }
+        ;(client as InfoHolder)[INFO] = info
+        client.on('error', onClientError)
         const r = await client.query<{ r: boolean }>({
           text: 'SELECT pg_is_in_recovery() AS r',
           query_timeout: probeTimeoutMs,
         } as pg.QueryConfig)
-        clientInfo.set(client, { inRecovery: r.rows[0]?.r !== false, generation })
+        info.inRecovery = r.rows[0]?.r !== false
+        info.checked = true
       }) as unknown as (client: pg.ClientBase) => void,
     }
     // pg copies and hides `password`; keep it out of our own object graph too
@@ -304,13 +377,16 @@ export class MemberPool {
    */
   async acquire(mode: 'read' | 'write', signal?: AbortSignal): Promise<Lease> {
     if (signal?.aborted) throw abortError(signal, 'connect')
-    const pool = this.#current()
+    const pool = this.#pool ?? this.#current()
     const generation = this.#generation
     // Saturated: a timeout now means "busy", not "the server is gone".
     const saturated = pool.idleCount === 0 && pool.totalCount >= this.#config.max
     let client: pg.PoolClient
     try {
-      client = await connectWithSignal(pool, signal, this.#waiting)
+      // An idle client for us (none queued before us) and no signal: pool.connect() itself, the hot path.
+      client = await (signal === undefined && pool.idleCount > pool.waitingCount
+        ? pool.connect()
+        : connectWithSignal(pool, signal, this.#waiting, this.#config.connectTimeoutMs))
     } catch (err) {
       this.#connectErrors++
       if (saturated && !ResilientError.is(err) && errorCodeOf(err) === undefined) {
@@ -323,21 +399,40 @@ export class MemberPool {
       throw err
     }
     this.#acquired++
+    const info = infoOf(client)
+    if (info?.checked && !(mode === 'write' && info.inRecovery)) {
+      return new Lease(client, this, generation)
+    }
+    return this.#recheck(client, mode, generation, signal)
+  }
+
+  /** A connection whose role is unknown, or that was opened on a replica and is wanted for writes. */
+  async #recheck(
+    client: pg.PoolClient,
+    mode: 'read' | 'write',
+    generation: number,
+    signal: AbortSignal | undefined,
+  ): Promise<Lease> {
+    let info = infoOf(client)
+    if (!info) {
+      info = { inRecovery: true, checked: false, broken: false, generation }
+      ;(client as InfoHolder)[INFO] = info
+      client.on('error', onClientError)
+    }
     const lease = new Lease(client, this, generation)
-    let info = clientInfo.get(client)
-    if (!info || (mode === 'write' && info.inRecovery)) {
-      try {
-        const r = await lease.query<{ r: boolean }>('SELECT pg_is_in_recovery() AS r', undefined, {
-          timeoutMs: this.#config.probeTimeoutMs,
-          signal,
-        })
-        info = { inRecovery: r.rows[0]?.r !== false, generation }
-        clientInfo.set(client, info)
-      } catch (err) {
-        lease.release(true)
-        this.#connectErrors++
-        throw err
-      }
+    try {
+      const r = await lease.query<{ r: boolean }>(
+        'SELECT pg_is_in_recovery() AS r',
+        undefined,
+        this.#config.probeTimeoutMs,
+        signal,
+      )
+      info.inRecovery = r.rows[0]?.r !== false
+      info.checked = true
+    } catch (err) {
+      lease.release(true)
+      this.#connectErrors++
+      throw err
     }
     if (mode === 'write' && info.inRecovery) {
       lease.release()
@@ -394,17 +489,33 @@ export class MemberPool {
 }
 
 /**
+ * A pg.Client class whose connection attempts give up after `timeoutMs` (pg's own
+ * `connectionTimeoutMillis`, set on the client only). The config keeps its non-enumerable
+ * password: it is the prototype of what the client reads, not copied.
+ */
+function boundedClient(timeoutMs: number): typeof pg.Client {
+  return class BoundedClient extends pg.Client {
+    constructor(config?: pg.ClientConfig) {
+      super(
+        Object.create(config ?? null, {
+          connectionTimeoutMillis: { value: timeoutMs, enumerable: true },
+        }) as pg.ClientConfig,
+      )
+    }
+  }
+}
+
+/**
  * pool.connect(), but the caller's abort, or the drain of this pool generation, rejects at
  * once; a client that arrives later goes straight back (to a pool that is ending: it closes).
- * With an idle client at hand and no signal, it is pool.connect() itself (the hot path).
  */
 function connectWithSignal(
   pool: pg.Pool,
   signal: AbortSignal | undefined,
   waiting: Set<(err: Error) => void>,
+  timeoutMs: number,
 ): Promise<pg.PoolClient> {
   const p = pool.connect()
-  if (!signal && pool.idleCount > 0) return p
   return new Promise((resolve, reject) => {
     let done = false
     const fail = (err: Error) => {
@@ -414,7 +525,10 @@ function connectWithSignal(
       reject(err)
     }
     const onAbort = () => fail(abortError(signal!, 'connect'))
+    // Like pg-pool's own: a plain Error (no code), turned into E_LIMIT by acquire() when the pool was full.
+    const timer = setTimeout(() => fail(new Error('timeout exceeded when trying to connect')), timeoutMs)
     const cleanup = () => {
+      clearTimeout(timer)
       signal?.removeEventListener('abort', onAbort)
       waiting.delete(fail)
     }

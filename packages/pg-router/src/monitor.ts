@@ -335,7 +335,8 @@ export class Monitor {
         const r = await lease.query<{ lsn: string | null; r: boolean; tl: unknown; f: unknown }>(
           sql,
           undefined,
-          { timeoutMs, signal: this.#abort.signal },
+          timeoutMs,
+          this.#abort.signal,
         )
         lease.release()
         const row = r.rows[0]

@@ -35,9 +35,9 @@ import {
 } from './session.js'
 import {
   eligibleReplicas,
+  isEligible,
   type Member,
   parseLsn,
-  pickReplica,
   type Topology,
   timelineOfWalFile,
 } from './topology.js'
@@ -191,6 +191,26 @@ function makeDiscovery(opts: ResolvedOptions): Discovery {
   })
 }
 
+/**
+ * Whether OpenTelemetry receives measurements, asked of core at most every METRICS_RECHECK_MS
+ * (a MeterProvider registered later is picked up within that time). When it does not, a
+ * statement costs no timing, no verb parsing and no metric call.
+ */
+const METRICS_RECHECK_MS = 1_000
+let metricsCheckedAt = Number.NEGATIVE_INFINITY
+let metricsActive = false
+function metricsOn(): boolean {
+  const now = performance.now()
+  if (now - metricsCheckedAt >= METRICS_RECHECK_MS) {
+    metricsCheckedAt = now
+    metricsActive = metrics.active
+  }
+  return metricsActive
+}
+
+/** Scratch attempt counter for calls that are not measured. */
+const UNCOUNTED = { n: 0 }
+
 /** Creates a router. Options are checked here (E_CONFIG naming the field); no I/O starts before this returns. */
 export function createPgRouter(options: PgRouterOptions): PgRouter {
   const opts = resolveOptions(options)
@@ -210,8 +230,19 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
 
   const namespace = typeof opts.connection.database === 'string' ? opts.connection.database : undefined
 
-  /** One caller statement on `lease`, bounded by pool.queryTimeoutMs and the signal, recorded in metrics. */
-  async function run<R extends QueryResultRow>(
+  /** One caller statement on `lease`, bounded by pool.queryTimeoutMs and the signal, recorded in metrics when they are on. */
+  function run<R extends QueryResultRow>(
+    lease: Lease,
+    member: Member,
+    text: QueryText,
+    values: unknown[] | undefined,
+    signal: AbortSignal | undefined,
+  ): Promise<QueryResult<R>> {
+    if (!metricsOn()) return lease.query<R>(text, values, queryTimeoutMs, signal)
+    return runMeasured<R>(lease, member, text, values, signal)
+  }
+
+  async function runMeasured<R extends QueryResultRow>(
     lease: Lease,
     member: Member,
     text: QueryText,
@@ -220,7 +251,7 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
   ): Promise<QueryResult<R>> {
     const t0 = performance.now()
     try {
-      const r = await lease.query<R>(text, values, { timeoutMs: queryTimeoutMs, signal })
+      const r = await lease.query<R>(text, values, queryTimeoutMs, signal)
       metrics.recordOperation({
         system: 'postgresql',
         durationSeconds: (performance.now() - t0) / 1000,
@@ -245,8 +276,13 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
     }
   }
 
-  /** Counts one read/write call in resilience4j.retry.calls. */
-  async function counted<T>(name: string, fn: (tries: { n: number }) => Promise<T>): Promise<T> {
+  /** Counts one read/write call in resilience4j.retry.calls (when metrics are on). */
+  function counted<T>(name: string, fn: (tries: { n: number }) => Promise<T>): Promise<T> {
+    if (!metricsOn()) return fn(UNCOUNTED)
+    return countedMeasured(name, fn)
+  }
+
+  async function countedMeasured<T>(name: string, fn: (tries: { n: number }) => Promise<T>): Promise<T> {
     const tries = { n: 0 }
     try {
       const r = await fn(tries)
@@ -287,13 +323,8 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
       try {
         return { lease: await member.pool.acquire('write', signal), member, attempts: attempt }
       } catch (err) {
-        if (signal?.aborted) throw abortError(signal, 'write')
-        const c = classifyError(err, { phase: 'connect', sent: false, connectionLost: true })
-        if (c.class !== 'not-sent' && c.class !== 'demoted') throw err
-        monitor.reportFailure(member, member.pool.generation, c)
+        writeConnectFailed(member, err, attempt, signal)
         lastErr = err
-        retries.write++
-        publish(channels.retry, { kind: 'write', member: member.name, errorClass: c.class, attempt })
         if (performance.now() >= deadline) {
           throw new ResilientError(
             'E_FAILOVER_TIMEOUT',
@@ -308,18 +339,53 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
     }
   }
 
-  function pickReader(exclude: ReadonlySet<string>, min: WalPosition | null): Member | null {
-    const list = eligibleReplicas(monitor.members.values(), {
+  /** A replica for a read now (none: null), without allocating: the hot path of every read. */
+  /** A connect for a write failed: throws unless it may be retried (nothing was sent); else counts the retry. */
+  function writeConnectFailed(
+    member: Member,
+    err: unknown,
+    attempt: number,
+    signal: AbortSignal | undefined,
+  ): void {
+    if (signal?.aborted) throw abortError(signal, 'write')
+    const c = classifyError(err, { phase: 'connect', sent: false, connectionLost: true })
+    if (c.class !== 'not-sent' && c.class !== 'demoted') throw err
+    monitor.reportFailure(member, member.pool.generation, c)
+    retries.write++
+    publish(channels.retry, { kind: 'write', member: member.name, errorClass: c.class, attempt })
+  }
+
+  function pickReader(exclude: ReadonlySet<string> | null, min: WalPosition | null): Member | null {
+    const rules = {
       maxLagBytes: opts.replicas.maxLagBytes,
       now: performance.now(),
       minLsn: min?.lsn,
       minTimeline: min?.timeline,
-      exclude,
-    })
+      exclude: exclude ?? undefined,
+    }
     const writer = gate.writer
-    const candidates = writer ? list.filter((m) => m !== writer) : list
-    if (candidates.length === 0) return null
-    return pickReplica(candidates, opts.replicas.strategy, rr++)
+    if (opts.replicas.strategy === 'least-busy') {
+      let best: Member | null = null
+      let bestLoad = 0
+      for (const m of monitor.members.values()) {
+        if (m === writer || !isEligible(m, rules)) continue
+        const load = m.pool.load
+        if (best === null || load < bestLoad) {
+          best = m
+          bestLoad = load
+        }
+      }
+      return best
+    }
+    let count = 0
+    for (const m of monitor.members.values()) if (m !== writer && isEligible(m, rules)) count++
+    if (count === 0) return null
+    let k = rr++ % count
+    for (const m of monitor.members.values()) {
+      if (m === writer || !isEligible(m, rules)) continue
+      if (k-- === 0) return m
+    }
+    return null
   }
 
   /** Waits (bounded by session.maxWaitMs) for some replica to replay `min`. */
@@ -382,17 +448,40 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
       try {
         return { lease: await member.pool.acquire('read', signal), member }
       } catch (err) {
-        if (signal?.aborted) throw abortError(signal, 'read')
-        const c = classifyError(err, { phase: 'connect', sent: false, connectionLost: true })
-        if (c.class !== 'not-sent') throw err
-        monitor.reportFailure(member, member.pool.generation, c)
-        tried.add(member.name)
+        readConnectFailed(member, err, attempt, tried, signal)
         lastErr = err
-        retries.read++
-        publish(channels.retry, { kind: 'read', member: member.name, errorClass: c.class, attempt })
         if (performance.now() >= deadline) throw err
       }
     }
+  }
+
+  /** A connect for a read failed: throws unless another member may be tried; else counts the retry. */
+  function readConnectFailed(
+    member: Member,
+    err: unknown,
+    attempt: number,
+    tried: Set<string>,
+    signal: AbortSignal | undefined,
+  ): void {
+    if (signal?.aborted) throw abortError(signal, 'read')
+    const c = classifyError(err, { phase: 'connect', sent: false, connectionLost: true })
+    if (c.class !== 'not-sent') throw err
+    monitor.reportFailure(member, member.pool.generation, c)
+    tried.add(member.name)
+    retries.read++
+    publish(channels.retry, { kind: 'read', member: member.name, errorClass: c.class, attempt })
+  }
+
+  /**
+   * The member a first read attempt goes to, decided synchronously (the hot path), or null
+   * when only the full acquireReader can tell (waiting for replay, no primary confirmed).
+   */
+  function quickReader(min: WalPosition | null): Member | null {
+    if (min !== null && min.timeline === null) return gate.writer
+    const m = pickReader(null, min)
+    if (m !== null) return m
+    if (min === null) return opts.replicas.fallbackToPrimary ? gate.writer : null
+    return replayCanCatchUp(min) ? null : gate.writer
   }
 
   /**
@@ -410,10 +499,12 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
   /** The primary's WAL position right after a write, on the same connection; PRIMARY_ONLY when unknown. */
   async function capturePosition(lease: Lease, signal: AbortSignal | undefined): Promise<WalPosition> {
     try {
-      const r = await lease.query<{ lsn: string; f: string }>(CAPTURE_SQL, undefined, {
-        timeoutMs: opts.monitor.probeTimeoutMs,
+      const r = await lease.query<{ lsn: string; f: string }>(
+        CAPTURE_SQL,
+        undefined,
+        opts.monitor.probeTimeoutMs,
         signal,
-      })
+      )
       const lsn = parseLsn(r.rows[0]?.lsn)
       const timeline = timelineOfWalFile(r.rows[0]?.f)
       return lsn === null || timeline === null ? PRIMARY_ONLY : { lsn, timeline }
@@ -454,7 +545,20 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
         )
       }
       tries.n = attempt
-      const { lease, member } = await acquireWriter(signal, deadline)
+      let lease: Lease
+      let member = gate.writer
+      if (member !== null && attempt === 1 && signal === undefined) {
+        // hot path: the confirmed writer's pool, one hop
+        try {
+          lease = await member.pool.acquire('write')
+        } catch (err) {
+          writeConnectFailed(member, err, attempt, signal)
+          lastErr = err
+          ;({ lease, member } = await acquireWriter(signal, deadline))
+        }
+      } else {
+        ;({ lease, member } = await acquireWriter(signal, deadline))
+      }
       try {
         const r = await run<R>(lease, member, text, values, signal)
         if (onLsn) onLsn(await capturePosition(lease, signal))
@@ -498,11 +602,25 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
     if (closed) throw closedError()
     const signal = options?.signal
     const deadline = performance.now() + opts.failover.timeoutMs
-    const tried = new Set<string>()
+    let tried: Set<string> | null = null
     let statementTimeouts = 0
     for (let attempt = 1; ; attempt++) {
       tries.n = attempt
-      const { lease, member } = await acquireReader(signal, deadline, min, tried)
+      let lease: Lease
+      let member = attempt === 1 && signal === undefined ? quickReader(min) : null
+      if (member !== null) {
+        // hot path: the member is known now, one hop to its pool
+        try {
+          lease = await member.pool.acquire('read')
+        } catch (err) {
+          tried ??= new Set()
+          readConnectFailed(member, err, attempt, tried, signal)
+          ;({ lease, member } = await acquireReader(signal, deadline, min, tried))
+        }
+      } else {
+        tried ??= new Set()
+        ;({ lease, member } = await acquireReader(signal, deadline, min, tried))
+      }
       try {
         const r = await run<R>(lease, member, text, values, signal)
         lease.release()
@@ -523,6 +641,7 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
           (mayRetry(c.class, 'read') && !(timedOutHere && statementTimeouts++ > 0)) ||
           (c.sqlState === '40001' && member !== gate.writer && !lease.lost)
         if (!retryable || performance.now() >= deadline) throw err
+        tried ??= new Set()
         tried.add(member.name)
         retries.read++
         publish(channels.retry, { kind: 'read', member: member.name, errorClass: c.class, attempt })
@@ -534,7 +653,7 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
   async function rollback(lease: Lease): Promise<void> {
     if (lease.lost) return lease.release(true)
     try {
-      await lease.query('ROLLBACK', undefined, { timeoutMs: opts.monitor.probeTimeoutMs })
+      await lease.query('ROLLBACK', undefined, opts.monitor.probeTimeoutMs)
       lease.release()
     } catch {
       lease.release(true)
@@ -563,7 +682,7 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
       lease = got.lease
       member = got.member
       try {
-        await lease.query(begin, undefined, { timeoutMs: opts.monitor.probeTimeoutMs, signal })
+        await lease.query(begin, undefined, opts.monitor.probeTimeoutMs, signal)
         break
       } catch (err) {
         const c = classifyError(err, { phase: 'query', sent: lease.sent, connectionLost: lease.lost })
@@ -596,7 +715,7 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
     done = true
     if (readOnly) {
       try {
-        await lease.query('COMMIT', undefined, { timeoutMs: opts.monitor.probeTimeoutMs, signal })
+        await lease.query('COMMIT', undefined, opts.monitor.probeTimeoutMs, signal)
         lease.release()
       } catch {
         lease.release(true) // the reads are done; what they returned stands
@@ -608,7 +727,8 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
       const r = await lease.query<{ x: string | null }>(
         'SELECT txid_current_if_assigned()::text AS x',
         undefined,
-        { timeoutMs: queryTimeoutMs, signal },
+        queryTimeoutMs,
+        signal,
       )
       txid = r.rows[0]?.x ?? null
     } catch (err) {
@@ -618,7 +738,7 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
       throw err // COMMIT was never sent: nothing committed
     }
     try {
-      await lease.query('COMMIT', undefined, { timeoutMs: queryTimeoutMs, signal })
+      await lease.query('COMMIT', undefined, queryTimeoutMs, signal)
     } catch (err) {
       const c = classifyError(err, { phase: 'query', sent: lease.sent, connectionLost: lease.lost })
       lease.release(true)

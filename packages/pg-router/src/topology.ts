@@ -74,21 +74,24 @@ export interface EligibilityRules {
   exclude?: ReadonlySet<string> | undefined
 }
 
+/** Whether replica `m` may take a read now under `rules`. */
+export function isEligible(m: Member, rules: EligibilityRules): boolean {
+  if (m.role !== 'replica' || !SERVING_STATES.has(m.state)) return false
+  if (m.downUntil > rules.now) return false
+  if (rules.exclude?.has(m.name)) return false
+  const lag = effectiveLag(m)
+  if (lag === null || lag > rules.maxLagBytes) return false
+  if (rules.minLsn != null) {
+    if (m.lsn === null || m.lsn < rules.minLsn) return false
+    if (rules.minTimeline == null || m.lsnTimeline !== rules.minTimeline) return false
+  }
+  return true
+}
+
 /** Replicas that may take a read now. */
 export function eligibleReplicas(members: Iterable<Member>, rules: EligibilityRules): Member[] {
   const out: Member[] = []
-  for (const m of members) {
-    if (m.role !== 'replica' || !SERVING_STATES.has(m.state)) continue
-    if (m.downUntil > rules.now) continue
-    if (rules.exclude?.has(m.name)) continue
-    const lag = effectiveLag(m)
-    if (lag === null || lag > rules.maxLagBytes) continue
-    if (rules.minLsn != null) {
-      if (m.lsn === null || m.lsn < rules.minLsn) continue
-      if (rules.minTimeline == null || m.lsnTimeline !== rules.minTimeline) continue
-    }
-    out.push(m)
-  }
+  for (const m of members) if (isEligible(m, rules)) out.push(m)
   return out
 }
 
