@@ -6,13 +6,17 @@
  *   C. miss + load + write-back (the caller waits for the write-back in every library, ours included)
  *   D. added latency while the breaker is open (Redis SIGSTOPped): per-call times of
  *      `getOrLoad` on a miss vs calling the loader directly, interleaved call by call.
- *   E. the cache's own cost per L2 hit, Redis stubbed in process (a client whose `mget` resolves
- *      at once with the stored entry) vs the same `JSON.parse` on the same stub.
+ *   E. the cache's own cost per L2 hit, Redis stubbed in process (an ioredis client whose
+ *      `sendCommand` resolves each command at once with the stored entry) vs `mget` +
+ *      `JSON.parse` on the same stub.
  * Section A also times `mget` through a bare @resilient/core breaker, to show that piece alone.
  *
  * Run:  npx tsc -b packages/cache packages/lab && node --expose-gc bench/cache/cache.bench.mjs
  * Env:  ROUNDS (default 12), REDIS_ITERATIONS (default 2000), MEMORY_ITERATIONS (default 20000),
- *       OPEN_CALLS (default 20000), SECTIONS (default ABCDE: which sections to run)
+ *       OPEN_CALLS (default 20000), SECTIONS (default ABCDE: which sections to run),
+ *       BASELINE_CACHE (optional: the path of another build's dist/index.js, e.g. a copy of
+ *       packages/cache/dist from an older commit with its own @resilient/core; adds a row for
+ *       its getOrLoad to sections A and E, side by side)
  * Out:  markdown tables on stdout and bench/out/cache.json
  *
  * Configured comparably: the same value (a ~1 KB JSON object), the same Redis, TTL 60 s;
@@ -72,6 +76,11 @@ try {
   await raw.set('raw:book', JSON.stringify(value), 'PX', TTL)
 
   const oursL2 = createCache({ redis: { host, port }, namespace: 'ours-l2', ttlMs: TTL, l1: false })
+  const createBaseline = process.env.BASELINE_CACHE
+    ? (await import(process.env.BASELINE_CACHE)).createCache
+    : undefined
+  const baseL2 = createBaseline?.({ redis: { host, port }, namespace: 'base-l2', ttlMs: TTL, l1: false })
+  if (baseL2) closers.push(() => baseL2.close())
   const oursL1 = createCache({ redis: { host, port }, namespace: 'ours-l1', ttlMs: TTL })
   closers.push(
     () => oursL2.close(),
@@ -111,11 +120,15 @@ try {
   const lru = new LRUCache({ max: 10_000 })
   lru.set('book', value, { ttl: TTL })
 
-  while (oursL2.stats().redisStatus !== 'ready' || oursL1.stats().redisStatus !== 'ready') {
+  while (
+    oursL2.stats().redisStatus !== 'ready' ||
+    oursL1.stats().redisStatus !== 'ready' ||
+    (baseL2 && baseL2.stats().redisStatus !== 'ready')
+  ) {
     await new Promise((r) => setTimeout(r, 10))
   }
   // prime every cache with the hot key
-  for (const c of [oursL2, oursL1]) {
+  for (const c of [oursL2, oursL1, ...(baseL2 ? [baseL2] : [])]) {
     await c.getOrLoad('book', loader)
     await c.flush()
   }
@@ -134,6 +147,7 @@ try {
         'the same mget through a core breaker': () =>
           breaker.execute(async () => JSON.parse((await raw.mget('raw:book', 'raw:gen'))[0])),
         '@resilient/cache getOrLoad (L2 only)': () => oursL2.getOrLoad('book', loader),
+        ...(baseL2 ? { 'baseline build getOrLoad (L2 only)': () => baseL2.getOrLoad('book', loader) } : {}),
         'bentocache getOrSet (L2 only)': () => bentoL2.getOrSet({ key: 'book', factory: loader, ttl: TTL }),
         'cache-manager wrap (@keyv/redis only)': () => cmL2.wrap('book', loader, TTL),
       },
@@ -237,14 +251,25 @@ try {
     maxRetriesPerRequest: 0,
   })
   Object.defineProperty(stub, 'status', { value: 'ready' })
-  stub.mget = async () => [stored, null]
+  // Every command is answered at once, as if the reply had just been read off the socket:
+  // ioredis's own client-side work (building the Command, its promise, the reply
+  // conversion) stays in both cases; only the socket and Redis are gone.
+  stub.sendCommand = (command) => {
+    command.resolve([stored, null])
+    return command.promise
+  }
   const stubbed = createCache({ redis: stub, namespace: 'stub', l1: false })
+  const baseStubbed = createBaseline?.({ redis: stub, namespace: 'stub', l1: false })
+  if (baseStubbed) closers.push(() => baseStubbed.close())
   closers.push(() => stubbed.close())
   const e = await section('E', () =>
     rounds(
       {
         'stub mget + JSON.parse': async () => JSON.parse((await stub.mget('a', 'b'))[0].slice(payloadAt)),
         '@resilient/cache getOrLoad (L2 hit, stub)': () => stubbed.getOrLoad('book', loader),
+        ...(baseStubbed
+          ? { 'baseline build getOrLoad (L2 hit, stub)': () => baseStubbed.getOrLoad('book', loader) }
+          : {}),
       },
       { rounds: ROUNDS, iterations: MEMORY_ITERATIONS },
     ),

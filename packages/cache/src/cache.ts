@@ -21,6 +21,7 @@ import { LRUCache } from 'lru-cache'
 import { channels } from './channels.js'
 import { decodeL2, type Entry, encodeL2, serializeValue } from './entry.js'
 import { FillGuard, type Ticket } from './guard.js'
+import { KeyedMap } from './keyed.js'
 import {
   type CacheOptions,
   checkGrace,
@@ -38,6 +39,7 @@ import {
   defineScripts,
   isReady,
   isRedisClient,
+  mgetCommand,
   type RedisClient,
   runScript,
   type ScriptName,
@@ -167,7 +169,7 @@ class Flight implements Ticket {
   constructor(
     readonly key: string,
     readonly tags: readonly string[] | undefined,
-    readonly registry: Map<string, Flight>,
+    readonly registry: KeyedMap<Flight>,
   ) {}
 
   /** The key is no longer in flight: the next caller starts afresh. Idempotent. */
@@ -193,6 +195,9 @@ interface CallOptions {
 
 type OpResult<T> = { ok: true; value: T } | { ok: false; error: unknown }
 const SKIPPED: OpResult<never> = { ok: false, error: undefined }
+const RESOLVED_UNDEFINED: Promise<undefined> = Promise.resolve(undefined)
+/** #runFlight does its own lookup. */
+const NOT_READ = Symbol('not read')
 const TAG_CHUNK = 100
 const MAX_TAGS = 64
 
@@ -211,7 +216,7 @@ class CacheImpl implements Cache {
   readonly #deadlines: DeadlineGuard
   readonly #defaultCall: CallOptions
   readonly #guard = new FillGuard()
-  readonly #flights = new Map<string, Flight>()
+  readonly #flights = new KeyedMap<Flight>()
   readonly #pending = new Set<Promise<unknown>>()
   readonly #closeController = new AbortController()
   /** Rejecters of running loads that took no signal: close() settles them with E_SHUTTING_DOWN. */
@@ -356,16 +361,66 @@ class CacheImpl implements Cache {
   #startFlight(key: string, loader: Loader<unknown>, opts: CallOptions, staleL1: Entry | undefined): Flight {
     const flight = new Flight(key, opts.tags, this.#flights)
     this.#flights.set(key, flight)
-    flight.promise = this.#runFlight(key, loader, opts, staleL1, flight)
+    flight.promise =
+      this.#client !== undefined && opts.tags === undefined && !this.#o.lease
+        ? this.#readThenLoad(key, loader, opts, staleL1, flight)
+        : this.#runFlight(key, loader, opts, staleL1, flight, NOT_READ)
     return flight
   }
 
+  /**
+   * The L2 hit path: one breaker-guarded MGET (value + generation) under the cache's shared
+   * deadline timer, and one reaction that decodes the reply (JSON.parse once) and answers a
+   * fresh hit at once. Anything else (a miss, stale, Redis unusable) continues in #runFlight
+   * with what was read. Never rejects for a Redis reason.
+   */
+  #readThenLoad(
+    key: string,
+    loader: Loader<unknown>,
+    opts: CallOptions,
+    staleL1: Entry | undefined,
+    flight: Flight,
+  ): Promise<Outcome> {
+    const read = this.#readL2(key)
+    if (read === undefined) return this.#runFlight(key, loader, opts, staleL1, flight, undefined)
+    return read.then(
+      (reply) => this.#afterRead(this.#decodeReply(reply), key, loader, opts, staleL1, flight),
+      (err: unknown) => this.#afterRead(this.#readFailed(err), key, loader, opts, staleL1, flight),
+    )
+  }
+
+  #afterRead(
+    r: Lookup | undefined,
+    key: string,
+    loader: Loader<unknown>,
+    opts: CallOptions,
+    staleL1: Entry | undefined,
+    flight: Flight,
+  ): Outcome | Promise<Outcome> {
+    const entry = r?.entry
+    if (entry !== undefined && entry.exp > Date.now()) {
+      try {
+        this.#putL1(key, entry, flight)
+        this.#publishHit(key, 'l2')
+      } finally {
+        flight.finish()
+      }
+      return { value: entry.value, source: 'l2' }
+    }
+    return this.#runFlight(key, loader, opts, staleL1, flight, r)
+  }
+
+  /**
+   * `pre` is what #readThenLoad already read (undefined: Redis unusable); NOT_READ makes this
+   * do the lookup itself (tags and lease need the slower, scripted one).
+   */
   async #runFlight(
     key: string,
     loader: Loader<unknown>,
     opts: CallOptions,
     staleL1: Entry | undefined,
     flight: Flight,
+    pre: Lookup | undefined | typeof NOT_READ,
   ): Promise<Outcome> {
     const ticket: Ticket = flight
     try {
@@ -378,16 +433,17 @@ class CacheImpl implements Cache {
       // miss this key, so the result is stored nowhere (not even in L1).
       let tagsFailed = false
       if (this.#client) {
-        const token = this.#o.lease ? randomUUID() : ''
-        const tagsDone = opts.tags?.length
-          ? this.#registerTags(
-              key,
-              opts.tags,
-              opts.ttlMs + opts.graceMs,
-              performance.now() + this.#o.redisTimeoutMs,
-            )
-          : undefined
-        const r = await this.#lookup(key, this.#o.redisTimeoutMs, token)
+        const token = pre === NOT_READ && this.#o.lease ? randomUUID() : ''
+        const tagsDone =
+          pre === NOT_READ && opts.tags?.length
+            ? this.#registerTags(
+                key,
+                opts.tags,
+                opts.ttlMs + opts.graceMs,
+                performance.now() + this.#o.redisTimeoutMs,
+              )
+            : undefined
+        const r = pre === NOT_READ ? await this.#lookup(key, this.#o.redisTimeoutMs, token) : pre
         const tagsOk = tagsDone ? await tagsDone : true
         if (r) {
           if (r.entry) {
@@ -804,6 +860,10 @@ class CacheImpl implements Cache {
   /** Reads value + generation (and takes the lease if asked and the value is not fresh): one round trip. */
   #lookup(key: string, timeoutMs: number, leaseToken: string): Promise<Lookup | undefined> {
     const ns = this.namespace
+    if (!leaseToken && timeoutMs === this.#o.redisTimeoutMs) {
+      const read = this.#readL2(key)
+      return read === undefined ? RESOLVED_UNDEFINED : read.then(this.#decodeReply, this.#readFailed)
+    }
     const r = leaseToken
       ? this.#op('lookup', timeoutMs, () =>
           runScript(
@@ -817,9 +877,54 @@ class CacheImpl implements Cache {
     return r.then(this.#decodeLookup)
   }
 
+  /**
+   * The plain L2 read (`MGET value generation`), as #op does it but without its result
+   * wrapper: undefined when it is skipped (client not ready, breaker open); else a promise of
+   * the reply that rejects on a Redis error or timeout (see #readFailed).
+   */
+  #readL2(key: string): Promise<unknown> | undefined {
+    const client = this.#client!
+    if (!isReady(client) || this.#breaker.state === 'open') {
+      this.#s.redisSkipped++
+      return undefined
+    }
+    const base = `${this.namespace}:{${key}}`
+    return this.#breaker.execute(() => {
+      this.#s.redisCommands++
+      const keys = [`${base}:v`, `${base}:g`]
+      const command = mgetCommand(client, keys)
+      return command
+        ? this.#deadlines.send(client, command, 'lookup')
+        : this.#deadlines.run(() => client.mget(keys), 'lookup')
+    })
+  }
+
+  /** A failed #readL2: a rejection by the breaker is a skip; anything else a Redis error. Never throws. */
+  #readFailed = (err: unknown): undefined => {
+    if (ResilientError.is(err, 'E_CIRCUIT_OPEN')) this.#s.redisSkipped++
+    else this.#redisError('lookup', err)
+    return undefined
+  }
+
+  #decodeReply = (reply: unknown): Lookup => {
+    if (!Array.isArray(reply)) {
+      this.#s.decodeErrors++ // not what MGET answers: read as a miss with no generation
+      return { entry: undefined, generation: '', lease: false }
+    }
+    return this.#decodeParts(reply[0] as string | null, reply[1] as string | null, undefined)
+  }
+
   #decodeLookup = (r: OpResult<unknown>): Lookup | undefined => {
     if (!r.ok) return undefined
     const [raw, gen, lease] = r.value as [string | null, string | null, number | undefined]
+    return this.#decodeParts(raw, gen, lease)
+  }
+
+  #decodeParts(
+    raw: string | null | undefined,
+    gen: string | null | undefined,
+    lease: number | undefined,
+  ): Lookup {
     let entry: Entry | undefined
     if (typeof raw === 'string') {
       try {

@@ -25,8 +25,8 @@ export function decodeL2(raw: string, serializer: Serializer): Entry | undefined
   const b = a < 0 ? -1 : raw.indexOf(':', a + 1)
   const nl = b < 0 ? -1 : raw.indexOf('\n', b + 1)
   if (nl < 0) return undefined
-  const exp = Number(raw.slice(0, a))
-  const hardExp = Number(raw.slice(a + 1, b))
+  const exp = parseMs(raw, 0, a)
+  const hardExp = parseMs(raw, a + 1, b)
   if (!Number.isFinite(exp) || !Number.isFinite(hardExp)) return undefined
   let tags: string[] | undefined
   if (nl > b + 1) {
@@ -36,6 +36,21 @@ export function decodeL2(raw: string, serializer: Serializer): Entry | undefined
   }
   const payload = raw.slice(nl + 1)
   return { value: serializer.deserialize(payload), exp, hardExp, tags, size: payload.length }
+}
+
+/**
+ * The number in `raw[from, to)`: a plain run of digits (what encodeL2 writes) is read in
+ * place, without a substring; anything else goes through Number() (NaN if it is not one).
+ */
+function parseMs(raw: string, from: number, to: number): number {
+  if (to <= from || to - from > 15) return Number(raw.slice(from, to))
+  let n = 0
+  for (let i = from; i < to; i++) {
+    const d = raw.charCodeAt(i) - 48
+    if (d < 0 || d > 9) return Number(raw.slice(from, to))
+    n = n * 10 + d
+  }
+  return n
 }
 
 /** Serializes for L2, refusing what the cache must not store. */

@@ -1,3 +1,5 @@
+import { KeyedMap } from './keyed.js'
+
 /**
  * The race rule, in process: every read of L2 and every load registers a ticket for its
  * key before it starts; an invalidation of that key (a local delete or set, a message from
@@ -13,7 +15,7 @@ export interface Ticket {
 
 export class FillGuard {
   /** One ticket, or several when a get() and a load of the same key overlap. */
-  readonly #byKey = new Map<string, Ticket | Ticket[]>()
+  readonly #byKey = new KeyedMap<Ticket | Ticket[]>()
 
   register(key: string, tags: readonly string[] | undefined): Ticket {
     const ticket: Ticket = { key, tags, invalidated: false }

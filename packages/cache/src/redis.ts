@@ -1,5 +1,5 @@
 import { configError, ResilientError } from '@resilient/core'
-import { type Cluster, Redis } from 'ioredis'
+import { type Cluster, Command, Redis } from 'ioredis'
 import type { CacheRedisOptions } from './options.js'
 
 /** A Redis or Cluster client of ioredis 5. */
@@ -150,16 +150,27 @@ export function bounded<T>(fn: () => Promise<T>, ms: number, operation: string):
 
 interface PendingOp {
   deadline: number
+  /** Rejects the operation's promise (run()); for a command, rejects the command. */
   reject: (err: unknown) => void
+  /** The ioredis command of send(): settled once `isResolved` (a reply) or rejected by us. */
+  command: Command | undefined
   done: boolean
   operation: string
 }
+
+function isSettled(op: PendingOp): boolean {
+  return op.done || op.command?.isResolved === true
+}
+
+function noop(): void {}
 
 /**
  * The cache's own timer guard for Redis operations that all share one timeout: a FIFO of
  * deadlines with a single timer armed for the oldest (equal timeouts make FIFO order
  * deadline order). Per operation this costs an array push instead of a timer; the timer
- * rejects each operation at its own deadline, to the millisecond.
+ * rejects each operation at its own deadline, to the millisecond. Settled operations leave
+ * the head of the queue at once (and drop their reject function), so the queue holds about
+ * the operations in flight, not every operation of the last `ms`.
  */
 export class DeadlineGuard {
   readonly #ms: number
@@ -171,32 +182,81 @@ export class DeadlineGuard {
     this.#ms = ms
   }
 
+  /**
+   * Sends an ioredis command and returns its own promise: no promise, closure or timer of
+   * ours per command. At its deadline a command still without a reply is rejected with
+   * E_TIMEOUT through ioredis's public `Command#reject` (what ioredis's own `commandTimeout`
+   * does). Settled commands leave the head of the queue on the next send.
+   */
+  send<T>(client: RedisClient, command: Command, operation: string): Promise<T> {
+    const q = this.#queue
+    let head = this.#head
+    while (head < q.length && isSettled(q[head]!)) head++
+    if (head === q.length && head > 0) {
+      q.length = 0
+      head = 0
+    }
+    this.#head = head
+    const op: PendingOp = {
+      deadline: performance.now() + this.#ms,
+      reject: noop,
+      command,
+      done: false,
+      operation,
+    }
+    q.push(op)
+    if (this.#timer === undefined) this.#arm(op.deadline)
+    return (client as Redis).sendCommand(command) as Promise<T>
+  }
+
   run<T>(fn: () => Promise<T>, operation: string): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      const op: PendingOp = { deadline: performance.now() + this.#ms, reject, done: false, operation }
+      const op: PendingOp = {
+        deadline: performance.now() + this.#ms,
+        reject,
+        command: undefined,
+        done: false,
+        operation,
+      }
       this.#queue.push(op)
       if (this.#timer === undefined) this.#arm(op.deadline)
       let work: Promise<T>
       try {
         work = fn()
       } catch (err) {
-        op.done = true
+        this.#settled(op)
         reject(err)
         return
       }
       work.then(
         (v) => {
           if (op.done) return
-          op.done = true
+          this.#settled(op)
           resolve(v)
         },
         (err) => {
           if (op.done) return
-          op.done = true
+          this.#settled(op)
           reject(err)
         },
       )
     })
+  }
+
+  /** Marks `op` settled; if it was the oldest, drops it and the settled ones behind it. */
+  #settled(op: PendingOp): void {
+    op.done = true
+    op.reject = noop
+    const q = this.#queue
+    let head = this.#head
+    if (q[head] !== op) return
+    head++
+    while (head < q.length && isSettled(q[head]!)) head++
+    if (head === q.length) {
+      q.length = 0
+      head = 0
+    }
+    this.#head = head
   }
 
   #arm(deadline: number): void {
@@ -210,17 +270,20 @@ export class DeadlineGuard {
     let head = this.#head
     while (head < q.length) {
       const op = q[head]!
-      if (op.done) {
+      if (isSettled(op)) {
         head++
         continue
       }
       if (op.deadline > now + 0.5) break
+      const reject = op.reject
       op.done = true
+      op.reject = noop
       head++
-      op.reject(timeoutError(this.#ms, op.operation))
+      if (op.command) op.command.reject(timeoutError(this.#ms, op.operation))
+      else reject(timeoutError(this.#ms, op.operation))
     }
     if (head >= q.length) {
-      this.#queue = []
+      q.length = 0
       this.#head = 0
       return
     }
@@ -237,12 +300,36 @@ export class DeadlineGuard {
     if (this.#timer) clearTimeout(this.#timer)
     this.#timer = undefined
   }
+
+  /** Operations held in the queue (in flight, or settled behind an older one in flight). */
+  get size(): number {
+    return this.#queue.length - this.#head
+  }
 }
 
 function timeoutError(ms: number, operation: string): ResilientError {
   return new ResilientError('E_TIMEOUT', `redis ${operation} timed out after ${Math.round(ms)} ms`, {
     noStack: true,
     details: { timeoutMs: ms, operation },
+  })
+}
+
+/**
+ * `MGET keys...` as ioredis's generated `client.mget()` builds it (utf8 replies, the client's
+ * key prefix and friendly error stacks), for DeadlineGuard#send. undefined when the client
+ * auto-pipelines: then `client.mget()` must be used, so that the command joins the pipeline.
+ */
+export function mgetCommand(client: RedisClient, keys: string[]): Command | undefined {
+  const options = client.options as {
+    keyPrefix?: string
+    showFriendlyErrorStack?: boolean
+    enableAutoPipelining?: boolean
+  }
+  if (options.enableAutoPipelining) return undefined
+  return new Command('mget', keys, {
+    replyEncoding: 'utf8',
+    keyPrefix: options.keyPrefix,
+    errorStack: options.showFriendlyErrorStack ? new Error() : undefined,
   })
 }
 
