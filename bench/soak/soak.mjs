@@ -261,7 +261,7 @@ function renderSoak(r) {
   lines.push('## Soak')
   lines.push('')
   lines.push(
-    `Command: \`node bench/soak/soak.mjs\` (SOAK_MS=${r.soakMs}; run ${r.date.slice(0, 16).replace('T', ' ')} UTC, ${r.durationS} s in all). ` +
+    `Command: \`node bench/soak/soak.mjs\` (SOAK_MS=${r.soakMs}; finished ${r.date.slice(0, 16).replace('T', ' ')} UTC, ${r.durationS} s in all). ` +
       `The Express example as a child process, ${r.load.readers} readers + ${r.load.writers} writers over HTTP, a 3-member Patroni cluster (synchronous_mode) and Redis from the lab; ` +
       `kill -9 of the primary every ${r.everyMs / 1000} s, Redis SIGSTOPped for ${r.pauseMs / 1000} s half-way between.`,
   )
@@ -307,7 +307,7 @@ function renderSoak(r) {
   )
   lines.push('')
   lines.push(
-    '| failover at | killed | new leader | leader visible after | first write after | errors in the next 60 s |',
+    '| failover at | killed | new leader | leader visible after | first write after | errors (sent 2 s before to 60 s after the kill) |',
   )
   lines.push('|---:|---|---|---:|---:|---|')
   for (const f of r.failovers) {
