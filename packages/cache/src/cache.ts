@@ -291,7 +291,7 @@ class CacheImpl implements Cache {
     defineScripts(this.#client)
     this.#listenErrors(this.#client, 'client')
     if (this.#l1) {
-      this.#sub = createSubscriber(this.#client)
+      this.#sub = createSubscriber(this.#client, o.redisTimeoutMs)
       this.#listenErrors(this.#sub, 'subscriber')
       this.#wireSubscriber(this.#sub)
     }

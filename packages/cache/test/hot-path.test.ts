@@ -197,3 +197,21 @@ describe('decodeL2', () => {
     expect(decodeL2('1:2\n1', jsonSerializer)).toBeUndefined()
   })
 })
+
+describe('clients the cache creates', () => {
+  it('the main client has no per-command timer (the deadline guard bounds it); the subscriber keeps commandTimeout', async () => {
+    const { createOwnedClient, createSubscriber } = await import('../src/redis.js')
+    const client = createOwnedClient({ host: '127.0.0.1', port: 1, retryStrategy: () => null }, 80)
+    client.on('error', () => {})
+    const sub = createSubscriber(client, 80) as Redis
+    sub.on('error', () => {})
+    try {
+      expect(client.options.commandTimeout).toBeUndefined()
+      expect(client.options).toMatchObject({ enableOfflineQueue: false, maxRetriesPerRequest: 0 })
+      expect(sub.options.commandTimeout).toBe(80)
+    } finally {
+      client.disconnect()
+      sub.disconnect()
+    }
+  })
+})
