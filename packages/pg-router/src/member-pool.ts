@@ -184,6 +184,39 @@ export class Lease {
     return this.client.query<R>(text as pg.QueryConfig, values as unknown[])
   }
 
+  /**
+   * `start()` in pg's callback form (no promise at all): `cb` gets the result, or the error
+   * as the caller should see it (`failure(err)`), with the deadline already disarmed.
+   */
+  startCb<R extends pg.QueryResultRow = any>(
+    text: string | pg.QueryConfig,
+    values: unknown[] | undefined,
+    timeoutMs: number,
+    cb: (err: unknown, result?: pg.QueryResult<R>) => void,
+  ): void {
+    this.sent = !connectionLost(this.client)
+    if (timeoutMs > 0) {
+      this.#timeoutMs = timeoutMs
+      this.deadlineAt = performance.now() + timeoutMs
+      watch(this)
+    }
+    const done = (err: Error | null, r: pg.QueryResult<R>) => {
+      this.settled()
+      if (err) cb(this.failure(err))
+      else cb(null, r)
+    }
+    try {
+      ;(this.client as unknown as { query: (t: unknown, v: unknown, cb: typeof done) => void }).query(
+        text,
+        values,
+        done,
+      )
+    } catch (err) {
+      this.settled()
+      cb(err)
+    }
+  }
+
   /** The statement settled: disarm its deadline. */
   settled(): void {
     if (this.deadlineAt !== 0) {
@@ -404,6 +437,32 @@ export class MemberPool {
       return new Lease(client, this, generation)
     }
     return this.#recheck(client, mode, generation, signal)
+  }
+
+  /**
+   * The hot path of acquire(), in callback form: only when an idle client is there for us
+   * (none queued before us) and this generation's pool exists. Returns false (and never
+   * calls `cb`) when it does not apply: use acquire().
+   */
+  tryAcquire(mode: 'read' | 'write', cb: (err: unknown, lease?: Lease) => void): boolean {
+    const pool = this.#pool
+    if (pool === null || this.#closed || !(pool.idleCount > pool.waitingCount)) return false
+    const generation = this.#generation
+    pool.connect((err, client) => {
+      if (err || client === undefined) {
+        this.#connectErrors++
+        cb(err ?? new Error('pg-pool gave no client'))
+        return
+      }
+      this.#acquired++
+      const info = infoOf(client)
+      if (info?.checked && !(mode === 'write' && info.inRecovery)) {
+        cb(null, new Lease(client, this, generation))
+        return
+      }
+      this.#recheck(client, mode, generation, undefined).then((lease) => cb(null, lease), cb)
+    })
+    return true
   }
 
   /** A connection whose role is unknown, or that was opened on a replica and is wanted for writes. */

@@ -519,7 +519,76 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
     options: WriteOptions | undefined,
     onLsn?: (pos: WalPosition) => void,
   ): Promise<QueryResult<R>> {
+    if (onLsn === undefined && options?.signal === undefined && !closed && !metricsOn()) {
+      const w = gate.writer
+      if (w !== null) return fastWrite<R>(w, text, values, options)
+    }
     return counted('pg-router.write', (tries) => writeLoop<R>(text, values, options, onLsn, tries))
+  }
+
+  /**
+   * The common case of a write (a confirmed writer with an idle connection, no signal, no
+   * metrics, no session): one promise, pg's callbacks underneath, as pg.Pool.query does. Any
+   * failure is handled as writeLoop's first attempt would, and writeLoop takes over.
+   */
+  function fastWrite<R extends QueryResultRow>(
+    member: Member,
+    text: QueryText,
+    values: unknown[] | undefined,
+    options: WriteOptions | undefined,
+  ): Promise<QueryResult<R>> {
+    return new Promise<QueryResult<R>>((resolve, reject) => {
+      const started = member.pool.tryAcquire('write', (err, lease) => {
+        if (lease === undefined) {
+          try {
+            writeConnectFailed(member, err, 1, undefined)
+          } catch (e) {
+            reject(e)
+            return
+          }
+          resolve(writeLoop<R>(text, values, options, undefined, UNCOUNTED, 2, err))
+          return
+        }
+        lease.startCb<R>(text as string | QueryConfig, values, queryTimeoutMs, (qerr, r) => {
+          if (r !== undefined) {
+            lease.release()
+            gate.noteWriteSuccess(member)
+            resolve(r)
+            return
+          }
+          try {
+            writeFailed(qerr, lease, member, options, 1)
+          } catch (e) {
+            reject(e)
+            return
+          }
+          resolve(writeLoop<R>(text, values, options, undefined, UNCOUNTED, 2, qerr))
+        })
+      })
+      if (!started) resolve(writeLoop<R>(text, values, options, undefined, UNCOUNTED))
+    })
+  }
+
+  /** A statement of a write failed: throws what the caller gets, or returns when it may be retried (counted). */
+  function writeFailed(
+    err: unknown,
+    lease: Lease,
+    member: Member,
+    options: WriteOptions | undefined,
+    attempt: number,
+  ): void {
+    const signal = options?.signal
+    const c = classifyError(err, { phase: 'query', sent: lease.sent, connectionLost: lease.lost })
+    lease.release(c.discardConnection)
+    monitor.reportFailure(member, lease.generation, c)
+    if (signal?.aborted) throw err
+    if (mayRetry(c.class, options?.idempotent === true ? 'idempotent-write' : 'write')) {
+      retries.write++
+      publish(channels.retry, { kind: 'write', member: member.name, errorClass: c.class, attempt })
+      return
+    }
+    if (c.class === 'outcome-unknown') throw commitUnknown(err, member, null, c)
+    throw err
   }
 
   async function writeLoop<R extends QueryResultRow>(
@@ -528,13 +597,14 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
     options: WriteOptions | undefined,
     onLsn: ((pos: WalPosition) => void) | undefined,
     tries: { n: number },
+    firstAttempt = 1,
+    firstErr?: unknown,
   ): Promise<QueryResult<R>> {
     if (closed) throw closedError()
     const signal = options?.signal
-    const kind = options?.idempotent === true ? 'idempotent-write' : 'write'
     const deadline = performance.now() + opts.failover.timeoutMs
-    let lastErr: unknown
-    for (let attempt = 1; ; attempt++) {
+    let lastErr: unknown = firstErr
+    for (let attempt = firstAttempt; ; attempt++) {
       if (attempt > 1 && performance.now() >= deadline) {
         throw new ResilientError(
           'E_FAILOVER_TIMEOUT',
@@ -566,19 +636,9 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
         gate.noteWriteSuccess(member)
         return r
       } catch (err) {
-        const c = classifyError(err, { phase: 'query', sent: lease.sent, connectionLost: lease.lost })
-        lease.release(c.discardConnection)
-        monitor.reportFailure(member, lease.generation, c)
-        if (signal?.aborted) throw err
-        if (mayRetry(c.class, kind)) {
-          lastErr = err
-          retries.write++
-          publish(channels.retry, { kind: 'write', member: member.name, errorClass: c.class, attempt })
-          await backoff(attempt, signal)
-          continue
-        }
-        if (c.class === 'outcome-unknown') throw commitUnknown(err, member, null, c)
-        throw err
+        writeFailed(err, lease, member, options, attempt) // throws unless it may be retried
+        lastErr = err
+        await backoff(attempt, signal)
       }
     }
   }
@@ -589,7 +649,94 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
     options: StatementOptions | undefined,
     min: WalPosition | null,
   ): Promise<QueryResult<R>> {
+    if (options?.signal === undefined && !closed && !metricsOn()) {
+      const m = quickReader(min)
+      if (m !== null) return fastRead<R>(m, text, values, options, min)
+    }
     return counted('pg-router.read', (tries) => readLoop<R>(text, values, options, min, tries))
+  }
+
+  /** Retry state of one read across attempts. */
+  interface ReadState {
+    tried: Set<string> | null
+    statementTimeouts: number
+    deadline: number
+  }
+
+  /** The common case of a read (see fastWrite): one promise; readLoop takes over after a failure. */
+  function fastRead<R extends QueryResultRow>(
+    member: Member,
+    text: QueryText,
+    values: unknown[] | undefined,
+    options: StatementOptions | undefined,
+    min: WalPosition | null,
+  ): Promise<QueryResult<R>> {
+    return new Promise<QueryResult<R>>((resolve, reject) => {
+      const state: ReadState = {
+        tried: null,
+        statementTimeouts: 0,
+        deadline: performance.now() + opts.failover.timeoutMs,
+      }
+      const started = member.pool.tryAcquire('read', (err, lease) => {
+        if (lease === undefined) {
+          state.tried = new Set()
+          try {
+            readConnectFailed(member, err, 1, state.tried, undefined)
+          } catch (e) {
+            reject(e)
+            return
+          }
+          resolve(readLoop<R>(text, values, options, min, UNCOUNTED, 2, state))
+          return
+        }
+        lease.startCb<R>(text as string | QueryConfig, values, queryTimeoutMs, (qerr, r) => {
+          if (r !== undefined) {
+            lease.release()
+            resolve(r)
+            return
+          }
+          try {
+            readFailed(qerr, lease, member, undefined, 1, state)
+          } catch (e) {
+            reject(e)
+            return
+          }
+          resolve(readLoop<R>(text, values, options, min, UNCOUNTED, 2, state))
+        })
+      })
+      // no idle connection at hand: the slow path, to the member already picked (round robin)
+      if (!started) resolve(readLoop<R>(text, values, options, min, UNCOUNTED, 1, undefined, member))
+    })
+  }
+
+  /** A statement of a read failed: throws what the caller gets, or returns when another attempt may follow (counted). */
+  function readFailed(
+    err: unknown,
+    lease: Lease,
+    member: Member,
+    signal: AbortSignal | undefined,
+    attempt: number,
+    state: ReadState,
+  ): void {
+    const c = classifyError(err, { phase: 'query', sent: lease.sent, connectionLost: lease.lost })
+    lease.release(c.discardConnection)
+    // 25006 from a replica (or any connection known to be in recovery): the caller sent a
+    // write down the read path. Its error, as-is: no retry (the primary would run it), no
+    // failure mark on the member, no failover suspicion.
+    if (c.sqlState === '25006' && (member !== gate.writer || lease.inRecovery)) throw err
+    monitor.reportFailure(member, lease.generation, c)
+    if (signal?.aborted) throw err
+    // 40001 on a replica: cancelled by a conflict with recovery; another member will do.
+    // A statement timeout is retried once: a hung replica, yes; a slow query, not again and again.
+    const timedOutHere = ResilientError.is(err, 'E_TIMEOUT')
+    const retryable =
+      (mayRetry(c.class, 'read') && !(timedOutHere && state.statementTimeouts++ > 0)) ||
+      (c.sqlState === '40001' && member !== gate.writer && !lease.lost)
+    if (!retryable || performance.now() >= state.deadline) throw err
+    state.tried ??= new Set()
+    state.tried.add(member.name)
+    retries.read++
+    publish(channels.retry, { kind: 'read', member: member.name, errorClass: c.class, attempt })
   }
 
   async function readLoop<R extends QueryResultRow>(
@@ -598,54 +745,42 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
     options: StatementOptions | undefined,
     min: WalPosition | null,
     tries: { n: number },
+    firstAttempt = 1,
+    carried?: ReadState,
+    picked?: Member,
   ): Promise<QueryResult<R>> {
     if (closed) throw closedError()
     const signal = options?.signal
-    const deadline = performance.now() + opts.failover.timeoutMs
-    let tried: Set<string> | null = null
-    let statementTimeouts = 0
-    for (let attempt = 1; ; attempt++) {
+    const state: ReadState = carried ?? {
+      tried: null,
+      statementTimeouts: 0,
+      deadline: performance.now() + opts.failover.timeoutMs,
+    }
+    const deadline = state.deadline
+    for (let attempt = firstAttempt; ; attempt++) {
+      if (attempt > 1) await backoff(attempt - 2, signal)
       tries.n = attempt
       let lease: Lease
-      let member = attempt === 1 && signal === undefined ? quickReader(min) : null
+      let member = attempt === 1 && signal === undefined ? (picked ?? quickReader(min)) : null
       if (member !== null) {
         // hot path: the member is known now, one hop to its pool
         try {
           lease = await member.pool.acquire('read')
         } catch (err) {
-          tried ??= new Set()
-          readConnectFailed(member, err, attempt, tried, signal)
-          ;({ lease, member } = await acquireReader(signal, deadline, min, tried))
+          state.tried ??= new Set()
+          readConnectFailed(member, err, attempt, state.tried, signal)
+          ;({ lease, member } = await acquireReader(signal, deadline, min, state.tried))
         }
       } else {
-        tried ??= new Set()
-        ;({ lease, member } = await acquireReader(signal, deadline, min, tried))
+        state.tried ??= new Set()
+        ;({ lease, member } = await acquireReader(signal, deadline, min, state.tried))
       }
       try {
         const r = await run<R>(lease, member, text, values, signal)
         lease.release()
         return r
       } catch (err) {
-        const c = classifyError(err, { phase: 'query', sent: lease.sent, connectionLost: lease.lost })
-        lease.release(c.discardConnection)
-        // 25006 from a replica (or any connection known to be in recovery): the caller sent a
-        // write down the read path. Its error, as-is: no retry (the primary would run it), no
-        // failure mark on the member, no failover suspicion.
-        if (c.sqlState === '25006' && (member !== gate.writer || lease.inRecovery)) throw err
-        monitor.reportFailure(member, lease.generation, c)
-        if (signal?.aborted) throw err
-        // 40001 on a replica: cancelled by a conflict with recovery; another member will do.
-        // A statement timeout is retried once: a hung replica, yes; a slow query, not again and again.
-        const timedOutHere = ResilientError.is(err, 'E_TIMEOUT')
-        const retryable =
-          (mayRetry(c.class, 'read') && !(timedOutHere && statementTimeouts++ > 0)) ||
-          (c.sqlState === '40001' && member !== gate.writer && !lease.lost)
-        if (!retryable || performance.now() >= deadline) throw err
-        tried ??= new Set()
-        tried.add(member.name)
-        retries.read++
-        publish(channels.retry, { kind: 'read', member: member.name, errorClass: c.class, attempt })
-        await backoff(attempt - 1, signal)
+        readFailed(err, lease, member, signal, attempt, state) // throws unless another attempt may follow
       }
     }
   }
