@@ -10,6 +10,9 @@
  *      `sendCommand` resolves each command at once with the stored entry) vs `mget` +
  *      `JSON.parse` on the same stub.
  * Section A also times `mget` through a bare @resilient/core breaker, to show that piece alone.
+ *   F. (only when SECTIONS includes F) what a few µs of client CPU per call cost in wall time on
+ *      this machine: raw `mget` + `JSON.parse`, then a busy-wait of 1, 2 or 4 µs before the next
+ *      call. Explains why a small CPU cost can show up several times larger in section A.
  *
  * Run:  npx tsc -b packages/cache packages/lab && node --expose-gc bench/cache/cache.bench.mjs
  * Env:  ROUNDS (default 12), REDIS_ITERATIONS (default 2000), MEMORY_ITERATIONS (default 20000),
@@ -276,6 +279,30 @@ try {
   )
   const eBase = e['stub mget + JSON.parse'].median
 
+  // ------------------------------------------------------------------ F. CPU -> wall
+  const spin = (ns) => {
+    const until = process.hrtime.bigint() + BigInt(ns)
+    while (process.hrtime.bigint() < until);
+  }
+  const mgetParse = async () => JSON.parse((await raw.mget('raw:book', 'raw:gen'))[0])
+  const f = SECTIONS.includes('F')
+    ? await rounds(
+        Object.fromEntries(
+          [0, 1, 2, 4].map((us) => [
+            us === 0 ? 'raw mget + JSON.parse' : `... + ${us} µs of busy-wait per call`,
+            us === 0
+              ? mgetParse
+              : async () => {
+                  const v = await mgetParse()
+                  spin(us * 1000)
+                  return v
+                },
+          ]),
+        ),
+        { rounds: ROUNDS, iterations: REDIS_ITERATIONS },
+      )
+    : undefined
+
   // ------------------------------------------------------------------ report
   const seconds = (performance.now() - started) / 1000
   const table = (r, base, baseLabel) =>
@@ -309,6 +336,21 @@ try {
     ),
   )
   console.log(`Redis commands sent while open: ${commandsWhileOpen}`)
+  if (f) {
+    const fBase = f['raw mget + JSON.parse'].median
+    console.log('\nF. client CPU per call -> wall time per call (raw mget)\n')
+    console.log(
+      markdownTable(
+        ['case', 'median per call', 'added wall time', 'vs raw'],
+        Object.entries(f).map(([k, v]) => [
+          k,
+          fmtNs(v.median),
+          fmtNs(v.median - fBase),
+          ratio(v.median, fBase),
+        ]),
+      ),
+    )
+  }
   const pick = (r, base) =>
     Object.fromEntries(
       Object.entries(r).map(([k, s]) => [k, { medianNs: s.median, p99Ns: s.p99, ratio: s.median / base }]),
@@ -322,6 +364,7 @@ try {
     l1Hit: pick(b, bBase),
     missLoad: pick(c, cBase),
     l2HitStubbed: pick(e, eBase),
+    cpuToWall: f ? pick(f, f['raw mget + JSON.parse'].median) : undefined,
     breakerOpen: {
       calls: OPEN_CALLS,
       loaderP50Ns: bare.median,
