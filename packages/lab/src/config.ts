@@ -86,6 +86,11 @@ export function patroniConfig(input: PatroniMemberConfigInput): Record<string, u
       bin_dir: input.binDir ?? PG_BIN_DIR,
       pgpass: input.pgpassPath,
       use_unix_socket: true,
+      // A member whose timeline diverged (a primary killed with WAL its successor never got)
+      // and that pg_rewind cannot fix is re-cloned from the leader instead of staying broken.
+      // Both exist in Patroni 3.0.2 (postgresql/rewind.py) and are local settings.
+      remove_data_directory_on_rewind_failure: true,
+      remove_data_directory_on_diverged_timelines: true,
       authentication: {
         superuser: input.superuser,
         replication: input.replication,

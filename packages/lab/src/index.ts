@@ -16,9 +16,12 @@ export {
   type LabMemberStatus,
   type LabOptions,
   type LabStatus,
+  logShowsDivergence,
   parsePsqlOutput,
   type RedisAddress,
   type SentinelInfo,
+  type StartMemberOptions,
+  type StartMemberResult,
   startLab,
 } from './lab.js'
 export {

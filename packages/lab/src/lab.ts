@@ -2,13 +2,17 @@ import { execFile, spawn } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import {
   chownSync,
+  closeSync,
   existsSync,
   mkdirSync,
   mkdtempSync,
+  openSync,
   readdirSync,
   readFileSync,
+  readSync,
   realpathSync,
   rmSync,
+  statSync,
   writeFileSync,
 } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -107,6 +111,31 @@ export interface LabMemberStatus extends LabMember {
   state: string
   lag?: number | 'unknown'
   timeline?: number
+}
+
+export interface StartMemberOptions {
+  /** Wait until the member streams from the leader (or leads). Default true. */
+  wait?: boolean
+  /** Bound of the whole wait, reinitialization included. Default: the lab's readyTimeoutMs (90 000). */
+  timeoutMs?: number
+  /**
+   * Re-clone the member from the leader (POST /reinitialize) when it is not streaming this
+   * long after its start, whatever the reason. Default 20 000 ms. A member whose log shows
+   * a diverged timeline, or whose state is 'start failed', is re-cloned at once.
+   */
+  reinitializeAfterMs?: number
+}
+
+export interface StartMemberResult {
+  name: string
+  /** What the member came back as ('unknown' with `wait: false`). */
+  role: 'leader' | 'replica' | 'unknown'
+  /** True when the lab had to re-clone it with POST /reinitialize. */
+  reinitialized: boolean
+  /** Why it was reinitialized. */
+  reason?: string
+  /** Seconds from the spawn to streaming. */
+  seconds: number
 }
 
 export interface RedisAddress {
@@ -385,12 +414,172 @@ export class Lab {
     )
   }
 
-  /** kill -9 the leader's Patroni and its postmaster (whole process groups). Returns its name. */
-  async killPrimary(): Promise<string> {
+  /**
+   * kill -9 the leader's Patroni and its postmaster (whole process groups). Returns its name.
+   * In a `synchronousMode` lab it first waits for a settled synchronous standby
+   * (waitForSyncStandby()), because Patroni 3.0.2 can stall with no leader at all ("not the
+   * healthiest node") when the leader dies right after the sync role moved to a member that
+   * is still catching up. `waitForSync: false` kills at once (default: true in synchronous
+   * mode, ignored otherwise).
+   */
+  async killPrimary(opts: { waitForSync?: boolean; timeoutMs?: number } = {}): Promise<string> {
+    this.#refresh()
+    if (this.#state.synchronousMode && opts.waitForSync !== false) {
+      await this.waitForSyncStandby({ timeoutMs: opts.timeoutMs ?? this.#readyTimeoutMs })
+    }
     const leader = await this.primary()
     if (!leader) throw new Error('there is no leader to kill')
     await this.stopMember(leader.name)
     return leader.name
+  }
+
+  /**
+   * Resolves with the synchronous standby once it is settled: `/cluster` shows a running
+   * leader and a `sync_standby` with lag <= `maxLagBytes` (default 0), the leader's
+   * `pg_stat_replication` lists it `streaming` with `sync_state = 'sync'`, and the same member
+   * passed both checks for `stableMs` (default 2 000 ms: one Patroni loop, so at least two
+   * consecutive polls that each saw fresh lag figures).
+   */
+  async waitForSyncStandby(
+    opts: { timeoutMs?: number; maxLagBytes?: number; stableMs?: number } = {},
+  ): Promise<LabMemberStatus> {
+    const maxLag = opts.maxLagBytes ?? 0
+    const stableMs = opts.stableMs ?? 2000
+    let candidate: string | undefined
+    let since = 0
+    let polls = 0
+    return waitFor(
+      'a settled sync_standby',
+      async () => {
+        const cluster = await this.cluster()
+        const leader = cluster.members.find((m) => m.role === 'leader' && m.state === 'running')
+        const sync = cluster.members.find(
+          (m) =>
+            m.role === 'sync_standby' &&
+            RUNNING_STATES.has(m.state) &&
+            typeof m.lag === 'number' &&
+            m.lag <= maxLag,
+        )
+        let ok = false
+        if (leader && sync) {
+          const rows = await this.sql(
+            `select 1 from pg_stat_replication where application_name = '${sync.name}' and state = 'streaming' and sync_state = 'sync'`,
+            leader.name,
+          )
+          ok = rows.length > 0
+        }
+        if (!ok || !sync) {
+          candidate = undefined
+          return undefined
+        }
+        if (candidate !== sync.name) {
+          candidate = sync.name
+          since = Date.now()
+          polls = 1
+          return undefined
+        }
+        polls++
+        return polls >= 2 && Date.now() - since >= stableMs ? this.#status(sync) : undefined
+      },
+      { timeoutMs: opts.timeoutMs ?? this.#readyTimeoutMs, intervalMs: 250 },
+    )
+  }
+
+  /**
+   * Pauses WAL replay on a replica (default: every running replica) and returns their names.
+   * Patroni 3 resumes paused replay on PostgreSQL 14+ in every HA loop unless the cluster is
+   * in maintenance mode, so this first sets `PATCH /config {"pause": true}` and waits until
+   * every running member's `GET /patroni` says `pause: true`; then `pg_wal_replay_pause()`,
+   * and waits until `pg_get_wal_replay_pause_state()` is `paused`. While paused, Patroni does
+   * no failover: call resumeReplay() before any chaos.
+   */
+  async pauseReplay(memberName?: string, opts: { timeoutMs?: number } = {}): Promise<string[]> {
+    const timeoutMs = opts.timeoutMs ?? 30_000
+    const targets = memberName ? [this.#member(memberName).name] : (await this.replicas()).map((r) => r.name)
+    if (targets.length === 0) throw new Error('there is no running replica to pause')
+    await this.#setMaintenance(true, timeoutMs)
+    for (const name of targets) {
+      const rows = await this.sql('select pg_is_in_recovery()', name)
+      if (rows[0]?.[0] !== 't') throw new Error(`${name} is not a replica (not in recovery)`)
+      await this.sql('select pg_wal_replay_pause()', name)
+      await waitFor(
+        `replay paused on ${name}`,
+        async () => {
+          const st = await this.sql('select pg_get_wal_replay_pause_state()', name)
+          return st[0]?.[0] === 'paused' ? true : undefined
+        },
+        { timeoutMs, intervalMs: 50 },
+      )
+    }
+    this.#log(`replay paused on ${targets.join(', ')} (maintenance mode on)`)
+    return targets
+  }
+
+  /**
+   * Resumes WAL replay (`pg_wal_replay_resume()`) on a member (default: every member in
+   * recovery), then leaves maintenance mode (`PATCH /config {"pause": false}`) and waits until
+   * every running member's `GET /patroni` no longer says `pause: true`. Returns the members
+   * whose replay was resumed.
+   */
+  async resumeReplay(memberName?: string, opts: { timeoutMs?: number } = {}): Promise<string[]> {
+    const timeoutMs = opts.timeoutMs ?? 30_000
+    const names = memberName ? [this.#member(memberName).name] : this.#state.members.map((m) => m.name)
+    const resumed: string[] = []
+    for (const name of names) {
+      try {
+        const rows = await this.sql('select pg_is_in_recovery()', name)
+        if (rows[0]?.[0] !== 't') continue
+        await this.sql('select pg_wal_replay_resume()', name)
+        resumed.push(name)
+      } catch (err) {
+        // A member that is down has nothing to resume; a named one must answer.
+        if (memberName) throw err
+      }
+    }
+    await this.#setMaintenance(false, timeoutMs)
+    this.#log(`replay resumed on ${resumed.join(', ') || 'no member'} (maintenance mode off)`)
+    return resumed
+  }
+
+  /** PATCH /config {"pause": on}, then wait until every running member reports it. */
+  async #setMaintenance(on: boolean, timeoutMs: number): Promise<void> {
+    const body = JSON.stringify({ pause: on })
+    await waitFor(
+      `PATCH /config pause=${on}`,
+      async () => {
+        for (const m of this.#state.members) {
+          try {
+            const res = await fetch(`${apiUrl(m)}/config`, {
+              method: 'PATCH',
+              headers: { 'content-type': 'application/json' },
+              body,
+              signal: AbortSignal.timeout(2000),
+            })
+            const text = await res.text()
+            if (res.ok) return true
+            if (res.status >= 400 && res.status < 500)
+              throw fatal(`PATCH /config on ${m.name}: ${res.status} ${text.trim()}`)
+          } catch (err) {
+            if ((err as { fatal?: unknown }).fatal === true) throw err
+          }
+        }
+        return undefined
+      },
+      { timeoutMs, intervalMs: 250 },
+    )
+    await waitFor(
+      `every running member to report pause=${on}`,
+      async () => {
+        for (const m of this.#state.members) {
+          if (!m.pid || !isProcessAlive(m.pid)) continue
+          const res = await fetch(`${apiUrl(m)}/patroni`, { signal: AbortSignal.timeout(1500) })
+          const st = (await res.json()) as { pause?: boolean }
+          if (Boolean(st.pause) !== on) return undefined
+        }
+        return true
+      },
+      { timeoutMs, intervalMs: 100 },
+    )
   }
 
   /**
@@ -426,18 +615,101 @@ export class Lab {
   }
 
   /**
-   * Starts a stopped member's Patroni again; it rejoins as a replica (pg_rewind when needed).
-   * Resolves when /cluster shows it running (`wait: false`: as soon as the process exists).
+   * Starts a stopped member's Patroni again. With the default `wait`, resolves once it is back
+   * for real: a replica that the leader's `pg_stat_replication` lists as `streaming` (or the
+   * running, writable leader, when it took the leader key). A member stuck outside the
+   * cluster's history (a primary killed with WAL its successor never got, which Patroni 3.0.2
+   * sometimes starts as a standby without pg_rewind: "requested starting point ... is not in
+   * this server's history") is re-cloned from the leader with `POST /reinitialize`
+   * (`{"force": true}`): at once when its log shows that line or `/cluster` says
+   * `start failed`, else after `reinitializeAfterMs` without streaming. `wait: false`:
+   * resolve as soon as the process exists.
    */
-  async startMember(name: string, opts: { wait?: boolean; timeoutMs?: number } = {}): Promise<void> {
+  async startMember(name: string, opts: StartMemberOptions = {}): Promise<StartMemberResult> {
     this.#refresh()
     const member = this.#member(name)
     if (member.pid && isProcessAlive(member.pid))
       throw new Error(`member ${name} is already running (pid ${member.pid})`)
+    const logOffset = fileSize(member.logPath)
+    const started = performance.now()
     await this.#spawnPatroni(member)
     this.#log(`started ${name} (pid ${member.pid})`)
-    if (opts.wait !== false)
-      await this.waitForMember(name, { timeoutMs: opts.timeoutMs ?? this.#readyTimeoutMs })
+    if (opts.wait === false) return { name, role: 'unknown', reinitialized: false, seconds: 0 }
+    const timeoutMs = opts.timeoutMs ?? this.#readyTimeoutMs
+    const reinitializeAfterMs = opts.reinitializeAfterMs ?? 20_000
+    const deadline = Date.now() + timeoutMs
+    let reinitialized = false
+    let reason: string | undefined
+    const role = await waitFor(
+      `member ${name} to stream from the leader (or lead)`,
+      async () => {
+        const probe = await this.#rejoinProbe(name)
+        if (probe.done) return probe.role
+        if (reinitialized) return undefined
+        const elapsed = performance.now() - started
+        const diverged = logShowsDivergence(member.logPath, logOffset)
+        if (diverged) reason = diverged
+        else if (probe.state === 'start failed') reason = `state '${probe.state}'`
+        else if (elapsed >= reinitializeAfterMs && probe.state !== 'creating replica')
+          reason = `not streaming after ${Math.round(elapsed)} ms (state '${probe.state ?? 'absent'}')`
+        else return undefined
+        // Needs a leader to clone from; 503 while it has none or Patroni is busy: try again.
+        if (!probe.hasLeader) return undefined
+        if (await this.#reinitialize(name)) {
+          reinitialized = true
+          this.#log(`${name} stuck after restart (${reason}): POST /reinitialize (force)`)
+        }
+        return undefined
+      },
+      { timeoutMs: Math.max(1, deadline - Date.now()), intervalMs: 250 },
+    )
+    const seconds = Math.round((performance.now() - started) / 100) / 10
+    this.#log(`${name} back as ${role} in ${seconds} s${reinitialized ? ' (reinitialized)' : ''}`)
+    return { name, role, reinitialized, seconds, ...(reason && reinitialized ? { reason } : {}) }
+  }
+
+  /** Is `name` the running writable leader, or a replica streaming from the leader? */
+  async #rejoinProbe(
+    name: string,
+  ): Promise<
+    { done: true; role: 'leader' | 'replica' } | { done: false; state?: string; hasLeader: boolean }
+  > {
+    const cluster = await this.cluster()
+    const m = cluster.members.find((x) => x.name === name)
+    const leader = cluster.members.find((x) => x.role === 'leader' && x.state === 'running')
+    if (!leader) return { done: false, ...(m ? { state: m.state } : {}), hasLeader: false }
+    if (m && leader.name === name) {
+      const rows = await this.sql('select pg_is_in_recovery()', name).catch(() => [])
+      if (rows[0]?.[0] === 'f') return { done: true, role: 'leader' }
+      return { done: false, state: m.state, hasLeader: true }
+    }
+    if (m && REPLICA_ROLES.has(m.role) && RUNNING_STATES.has(m.state)) {
+      const rows = await this.sql(
+        `select 1 from pg_stat_replication where application_name = '${name}' and state = 'streaming'`,
+        leader.name,
+      ).catch(() => [])
+      if (rows.length > 0) return { done: true, role: 'replica' }
+    }
+    return { done: false, ...(m ? { state: m.state } : {}), hasLeader: true }
+  }
+
+  /** POST /reinitialize {"force": true} on a member; true when Patroni accepted it. */
+  async #reinitialize(name: string): Promise<boolean> {
+    const member = this.#member(name)
+    try {
+      const res = await fetch(`${apiUrl(member)}/reinitialize`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ force: true }),
+        signal: AbortSignal.timeout(5000),
+      })
+      const text = await res.text()
+      if (!res.ok) this.#log(`POST /reinitialize on ${name}: ${res.status} ${text.trim()}`)
+      return res.ok
+    } catch (err) {
+      this.#log(`POST /reinitialize on ${name}: ${errorMessage(err)}`)
+      return false
+    }
   }
 
   /**
@@ -1088,6 +1360,45 @@ export interface LabStatus {
 
 function apiUrl(m: { apiPort: number }): string {
   return `http://${HOST}:${m.apiPort}`
+}
+
+function fileSize(path: string): number {
+  try {
+    return statSync(path).size
+  } catch {
+    return 0
+  }
+}
+
+/** Lines PostgreSQL/Patroni log when a standby's timeline diverged from the leader's. */
+const DIVERGENCE = [
+  "is not in this server's history",
+  'requested timeline',
+  'could not receive data from WAL stream: ERROR:  requested starting point',
+]
+
+/** The first divergence line written to `path` after byte `offset`, or undefined. */
+export function logShowsDivergence(path: string, offset: number): string | undefined {
+  let text: string
+  try {
+    const size = statSync(path).size
+    if (size <= offset) return undefined
+    const fd = openSync(path, 'r')
+    try {
+      const length = Math.min(size - offset, 4 * 1024 * 1024)
+      const buf = Buffer.alloc(length)
+      readSync(fd, buf, 0, length, size - length)
+      text = buf.toString('utf8')
+    } finally {
+      closeSync(fd)
+    }
+  } catch {
+    return undefined
+  }
+  for (const line of text.split('\n')) {
+    if (DIVERGENCE.some((d) => line.includes(d))) return line.trim().slice(0, 300)
+  }
+  return undefined
 }
 
 function fatal(message: string): Error {

@@ -1,0 +1,92 @@
+import { type Lab, startLab } from '@resilient/lab'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+
+// The case that used to leave a killed primary broken: kill -9 while writes are in flight
+// (asynchronous replication), so the old primary holds WAL its successor never received.
+// startMember() must bring it back streaming every time (pg_rewind, or a re-clone).
+const KILLS = 3
+
+describe('kill -9 of the primary under write load, then startMember() of the old primary', () => {
+  let lab: Lab
+  const lines: string[] = []
+
+  beforeAll(async () => {
+    lab = await startLab({ nodes: 3, redis: false, log: (l) => lines.push(l) })
+    await lab.sql('create table chaos (id bigserial primary key, v text)')
+  })
+
+  afterAll(async () => {
+    await lab?.down()
+  })
+
+  /** Two psql loops writing about 2 MB of WAL per statement on `member` until it fails. */
+  function writeLoad(member: string): { stop: () => Promise<number> } {
+    let running = true
+    let statements = 0
+    const loop = async () => {
+      while (running) {
+        try {
+          await lab.sql("insert into chaos (v) select repeat('x', 400) from generate_series(1, 4000)", member)
+          statements++
+        } catch {
+          return // the member died
+        }
+      }
+    }
+    const loops = [loop(), loop()]
+    return {
+      stop: async () => {
+        running = false
+        await Promise.all(loops)
+        return statements
+      },
+    }
+  }
+
+  it(`${KILLS} times: the old primary streams again after startMember()`, async () => {
+    const results = []
+    for (let i = 0; i < KILLS; i++) {
+      const leader = (await lab.waitForPrimary({ timeoutMs: 30_000 })).name
+      const load = writeLoad(leader)
+      // Let WAL pile up in flight before the kill.
+      await new Promise((r) => setTimeout(r, 1500))
+      const killed = await lab.killPrimary()
+      expect(killed).toBe(leader)
+      const statements = await load.stop()
+      expect(statements).toBeGreaterThan(0)
+      const next = await lab.waitForPrimary({ not: killed, timeoutMs: 40_000 })
+      const back = await lab.startMember(killed, { timeoutMs: 60_000 })
+      results.push({ killed, next: next.name, ...back })
+      expect(back.role).toBe('replica')
+      // Independent check: the leader lists it streaming, and it replays what the leader writes.
+      const leaderNow = (await lab.waitForPrimary({ timeoutMs: 10_000 })).name
+      const streaming = await lab.sql(
+        "select application_name from pg_stat_replication where state = 'streaming' order by 1",
+        leaderNow,
+      )
+      expect(streaming.map((r) => r[0])).toContain(killed)
+      const marker = `round-${i}`
+      await lab.sql(`insert into chaos (v) values ('${marker}')`, leaderNow)
+      const deadline = Date.now() + 15_000
+      let seen: string[][] = []
+      while (Date.now() < deadline) {
+        seen = await lab.sql(`select count(*) from chaos where v = '${marker}'`, killed)
+        if (seen[0]?.[0] === '1') break
+        await new Promise((r) => setTimeout(r, 100))
+      }
+      expect(seen).toEqual([['1']])
+      expect(await lab.sql('select pg_is_in_recovery()', killed)).toEqual([['t']])
+    }
+    console.log(
+      `rejoins: ${results
+        .map(
+          (r) =>
+            `${r.killed}->${r.next}: back in ${r.seconds} s${r.reinitialized ? ` (reinitialized: ${r.reason})` : ''}`,
+        )
+        .join('; ')}`,
+    )
+    const rewinds = lines.filter((l) => l.includes('reinitialize'))
+    if (rewinds.length > 0) console.log(rewinds.join('\n'))
+    await lab.waitForReplicas(2, { timeoutMs: 30_000 })
+  })
+})
