@@ -425,7 +425,8 @@ export class Lab {
   async killPrimary(opts: { waitForSync?: boolean; timeoutMs?: number } = {}): Promise<string> {
     this.#refresh()
     if (this.#state.synchronousMode && opts.waitForSync !== false) {
-      await this.waitForSyncStandby({ timeoutMs: opts.timeoutMs ?? this.#readyTimeoutMs })
+      const sync = await this.waitForSyncStandby({ timeoutMs: opts.timeoutMs ?? this.#readyTimeoutMs })
+      this.#log(`sync standby ${sync.name} settled: killing the leader`)
     }
     const leader = await this.primary()
     if (!leader) throw new Error('there is no leader to kill')
@@ -1375,6 +1376,7 @@ const DIVERGENCE = [
   "is not in this server's history",
   'requested timeline',
   'could not receive data from WAL stream: ERROR:  requested starting point',
+  'before current recovery point',
 ]
 
 /** The first divergence line written to `path` after byte `offset`, or undefined. */

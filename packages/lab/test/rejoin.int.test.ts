@@ -1,3 +1,5 @@
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { type Lab, startLab } from '@resilient/lab'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
@@ -87,6 +89,40 @@ describe('kill -9 of the primary under write load, then startMember() of the old
     )
     const rewinds = lines.filter((l) => l.includes('reinitialize'))
     if (rewinds.length > 0) console.log(rewinds.join('\n'))
+    // What Patroni itself did (for the report): pg_rewind runs and its own re-clones.
+    const logs = lab.members
+      .map((m) => readFileSync(join(lab.baseDir, m.name, 'patroni.log'), 'utf8'))
+      .join('\n')
+    const count = (s: string) => logs.split(s).length - 1
+    console.log(
+      `patroni logs: ${count('running pg_rewind from')} pg_rewind run(s), ${count('reinitializing due to diverged timelines')} diverged-timeline re-clone(s), ${count("is not in this server's history")} "not in this server's history" line(s)`,
+    )
     await lab.waitForReplicas(2, { timeoutMs: 30_000 })
+  })
+
+  it('the fallback: a member not streaming after reinitializeAfterMs is re-cloned and streams', async () => {
+    const replica = (await lab.replicas())[0]!.name
+    await lab.stopMember(replica)
+    // reinitializeAfterMs 0: the first poll that does not see it streaming re-clones it.
+    const back = await lab.startMember(replica, { reinitializeAfterMs: 0, timeoutMs: 60_000 })
+    expect(back).toMatchObject({ name: replica, role: 'replica', reinitialized: true })
+    expect(back.reason).toMatch(/not streaming after/)
+    expect(lines.some((l) => l.includes(`${replica} stuck after restart`))).toBe(true)
+    const leader = (await lab.waitForPrimary({ timeoutMs: 10_000 })).name
+    const streaming = await lab.sql(
+      "select application_name from pg_stat_replication where state = 'streaming'",
+      leader,
+    )
+    expect(streaming.map((r) => r[0])).toContain(replica)
+    // The re-clone holds the leader's data.
+    const want = await lab.sql('select count(*) from chaos', leader)
+    const deadline = Date.now() + 15_000
+    let got: string[][] = []
+    while (Date.now() < deadline) {
+      got = await lab.sql('select count(*) from chaos', replica)
+      if (got[0]?.[0] === want[0]?.[0]) break
+      await new Promise((r) => setTimeout(r, 100))
+    }
+    expect(got).toEqual(want)
   })
 })
