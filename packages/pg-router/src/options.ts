@@ -32,7 +32,10 @@ export interface PoolOptions {
   idleTimeoutMs?: number
   /** Bound on opening a connection (and on waiting for a free one), in ms. @default 2_000 */
   connectTimeoutMs?: number
-  /** Bound on one statement, in ms; the connection is destroyed when it passes. 0 = none. @default 30_000 */
+  /**
+   * Bound on one statement, in ms; the connection is destroyed when it passes (checked by one
+   * 20 ms sweep for all statements, so it fires 0-20 ms late). 0 = none. @default 30_000
+   */
   queryTimeoutMs?: number
 }
 
