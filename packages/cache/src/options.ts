@@ -64,7 +64,7 @@ export interface CacheOptions {
   l1?: L1Options | false
   /** The most time any Redis operation may add to a call, in ms. @default 100 */
   redisTimeoutMs?: number
-  /** The breaker in front of Redis (name, thresholds, reset time); timeouts come from `redisTimeoutMs`. @default { errorThresholdPercentage: 50, volumeThreshold: 5, resetTimeoutMs: 2_000, rollingWindowMs: 10_000 } */
+  /** The breaker in front of Redis (name, thresholds, reset time); timeouts come from `redisTimeoutMs`. @default { errorThresholdPercentage: 50, volumeThreshold: 5, resetTimeoutMs: 2_000, rollingWindowMs: 10_000, consecutiveFailures: 3 } (three Redis failures or timeouts in a row open it at once, however busy and healthy the window was) */
   breaker?: Omit<BreakerOptions, 'timeoutMs' | 'isFailure'>
   /** Encodes values for L2 (and for the size limit). @default jsonSerializer (strict JSON) */
   serializer?: Serializer
@@ -89,6 +89,7 @@ export const DEFAULT_CACHE_OPTIONS = Object.freeze({
     volumeThreshold: 5,
     resetTimeoutMs: 2_000,
     rollingWindowMs: 10_000,
+    consecutiveFailures: 3,
   }),
   serializer: jsonSerializer,
   lease: false as const,

@@ -104,7 +104,7 @@ describe('a Redis that answers garbage or errors', () => {
       redis: { host: '127.0.0.1', port: fake.port },
       namespace: 'errors',
       redisTimeoutMs: TIMEOUT,
-      breaker: { volumeThreshold: 4, resetTimeoutMs: 60_000 },
+      breaker: { volumeThreshold: 4, resetTimeoutMs: 60_000, consecutiveFailures: 0 }, // the window's rule alone
     })
     const c = cache
     await until(() => c.stats().redisStatus === 'ready')

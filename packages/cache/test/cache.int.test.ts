@@ -287,6 +287,28 @@ describe('Redis trouble never hangs a caller', () => {
     expect(await lab.redisCommand(['EXISTS', 'stop:{back}:v'])).toBe(1)
   })
 
+  it('SIGSTOP after a busy healthy period: three timeouts in a row open the breaker (the window alone would wait)', async () => {
+    const cache = make({ namespace: 'busy', redisTimeoutMs, l1: false })
+    await ready(cache)
+    await cache.set('hot', 1)
+    for (let i = 0; i < 2_000; i++) await cache.get('hot') // 2,000 successes in the rolling window
+    expect(cache.stats().breaker).toBe('closed')
+    await lab.pauseRedis()
+    let calls = 0
+    try {
+      while (cache.stats().breaker !== 'open' && calls < 20) {
+        calls++
+        await cache.getOrLoad(`busy-${calls}`, async () => calls)
+      }
+    } finally {
+      await lab.resumeRedis()
+    }
+    // With the percentage alone, 2,000 successes must roll out (or be outnumbered) first:
+    // about 2,000 timed-out calls, 100 ms each.
+    expect(cache.stats().breaker).toBe('open')
+    expect(calls).toBeLessThanOrEqual(3)
+  })
+
   it('kill -9 and restart: no waiting and no commands while down, used again after restart, L1 resynced', async () => {
     const cache = make({ namespace: 'kill', redisTimeoutMs, breaker: { volumeThreshold: 5, resetTimeoutMs } })
     await ready(cache)

@@ -25,6 +25,13 @@ export interface BreakerOptions {
   timeoutMs?: number
   /** Errors for which this returns false do not count as failures (a 404, a constraint violation). @default () => true */
   isFailure?: (err: unknown) => boolean
+  /**
+   * Opens the breaker after this many failures in a row, whatever the window holds; 0 for
+   * never. A percentage over a window reacts slowly after a busy healthy period (thousands of
+   * successes must roll out first); a dependency that hangs should be cut off after a few
+   * timeouts. @default 0
+   */
+  consecutiveFailures?: number
 }
 
 export const DEFAULT_BREAKER_OPTIONS = {
@@ -35,6 +42,7 @@ export const DEFAULT_BREAKER_OPTIONS = {
   rollingWindowMs: 10_000,
   rollingBuckets: 10,
   timeoutMs: 0,
+  consecutiveFailures: 0,
 } as const
 
 export interface BreakerStateChange {
@@ -137,6 +145,10 @@ export function createBreaker(options: BreakerOptions = {}): Breaker {
     (v) => checkFunction<(err: unknown) => boolean>(v, 'breaker.isFailure'),
   )
 
+  const consecutiveFailures = optional(options.consecutiveFailures, d.consecutiveFailures, (v) =>
+    checkNumber(v, 'breaker.consecutiveFailures', { min: 0, integer: true }),
+  )
+
   const safeIsFailure = (err: unknown): boolean => {
     try {
       return isFailure(err) !== false
@@ -201,10 +213,19 @@ export function createBreaker(options: BreakerOptions = {}): Breaker {
     changes.emit(change)
   }
   // The half-open trial goes through `cb.fire()`: it is counted on opossum's events.
+  // Failures in a row (consecutiveFailures); any success or state change starts it again.
+  let streak = 0
+  const countStreak = () => {
+    streak++
+    if (consecutiveFailures > 0 && streak >= consecutiveFailures && cb.closed) cb.open()
+  }
   cb.on('success', () => {
     const kind = pending
     pending = undefined
-    if (kind !== 'aborted') successes++ // an error isFailure rejects counts as a success, as in opossum
+    if (kind !== 'aborted') {
+      successes++ // an error isFailure rejects counts as a success, as in opossum
+      streak = 0
+    }
   })
   cb.on('failure', (err: unknown) => {
     const kind = pending
@@ -212,10 +233,17 @@ export function createBreaker(options: BreakerOptions = {}): Breaker {
     if (kind === 'aborted') return // the half-open trial its caller aborted: re-opens, is not counted
     failures++
     if (ResilientError.is(err, 'E_TIMEOUT')) timeouts++
+    countStreak()
   })
-  cb.on('open', () => move('open'))
+  cb.on('open', () => {
+    streak = 0
+    move('open')
+  })
   cb.on('halfOpen', () => move('half-open'))
-  cb.on('close', () => move('closed'))
+  cb.on('close', () => {
+    streak = 0
+    move('closed')
+  })
 
   // ---- the closed-state path: opossum stays the state engine, but is fed counts directly.
   // `cb.fire()` costs a 'fire' emit, a semaphore promise, a new Promise, two Date.now() and a
@@ -226,6 +254,8 @@ export function createBreaker(options: BreakerOptions = {}): Breaker {
 
   /** opossum's `fail()` decision, after a failure was counted in the window. */
   const afterFailure = () => {
+    countStreak()
+    if (cb.opened) return // the streak just opened it
     if (cb.warmUp) return
     const s = cb.stats
     if (s.fires < volumeThreshold && !cb.halfOpen) return
@@ -234,6 +264,7 @@ export function createBreaker(options: BreakerOptions = {}): Breaker {
   const onSuccess = (): void => {
     if (isShutdown) return
     successes++
+    streak = 0
     window![0]!.successes++
     if (cb.halfOpen) cb.close() // opossum: any success seen while half-open closes
   }
@@ -253,6 +284,7 @@ export function createBreaker(options: BreakerOptions = {}): Breaker {
       bucket.successes++ // opossum counts a filtered error as a success
       if (kind === 'ignored') {
         successes++
+        streak = 0
         if (cb.halfOpen) cb.close()
       }
     }
@@ -382,6 +414,7 @@ const KNOWN_KEYS = [
   'rollingBuckets',
   'timeoutMs',
   'isFailure',
+  'consecutiveFailures',
 ] as const
 
 /** The counts of one bucket of opossum's window. */

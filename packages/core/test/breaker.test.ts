@@ -460,3 +460,47 @@ describe('breaker options', () => {
     })
   }
 })
+
+describe('consecutiveFailures', () => {
+  it('opens after N failures in a row even when the window is full of successes', async () => {
+    const { b, changes } = make({ consecutiveFailures: 3, volumeThreshold: 10 })
+    for (let i = 0; i < 1_000; i++) await b.execute(ok)
+    await trip(b, 2)
+    expect(b.state).toBe('closed') // 2 of 1,002 failed: the percentage alone would wait
+    await trip(b, 1)
+    expect(b.state).toBe('open')
+    expect(changes).toEqual(['closed->open'])
+    await expect(b.execute(ok)).rejects.toMatchObject({ code: 'E_CIRCUIT_OPEN' })
+  })
+
+  it('a success in between starts the count again; 0 (the default) never opens on a streak', async () => {
+    const { b } = make({ consecutiveFailures: 3, volumeThreshold: 1_000 })
+    for (let i = 0; i < 10; i++) {
+      await trip(b, 2)
+      await b.execute(ok)
+    }
+    expect(b.state).toBe('closed')
+    const off = make({ volumeThreshold: 1_000 }).b
+    await trip(off, 50)
+    expect(off.state).toBe('closed')
+  })
+
+  it('counts again from zero after the breaker closes', async () => {
+    const { b } = make({ consecutiveFailures: 2, volumeThreshold: 1_000 })
+    await trip(b, 2)
+    expect(b.state).toBe('open')
+    await vi.advanceTimersByTimeAsync(1_000)
+    expect(b.state).toBe('half-open')
+    await b.execute(ok)
+    expect(b.state).toBe('closed')
+    await trip(b, 1)
+    expect(b.state).toBe('closed')
+    await trip(b, 1)
+    expect(b.state).toBe('open')
+  })
+
+  it('rejects a bad value with E_CONFIG naming the field', () => {
+    expect(() => createBreaker({ consecutiveFailures: -1 })).toThrow(/breaker\.consecutiveFailures/)
+    expect(() => createBreaker({ consecutiveFailures: 1.5 })).toThrow(/breaker\.consecutiveFailures/)
+  })
+})
