@@ -201,6 +201,8 @@ export class Lab {
   #readyTimeoutMs: number
   #lastLeader: string | undefined
   #lastEndpoint = 0
+  /** Log sizes of the other members at the last stopMember(): where rejoinReplicas() reads from. */
+  #logMarks = new Map<string, number>()
   #down = false
   #owned: boolean
 
@@ -591,6 +593,8 @@ export class Lab {
   async stopMember(name: string, opts: { graceful?: boolean; timeoutMs?: number } = {}): Promise<void> {
     this.#refresh()
     const member = this.#member(name)
+    for (const other of this.#state.members)
+      if (other.name !== name) this.#logMarks.set(other.name, fileSize(other.logPath))
     const pm = readPostmasterPid(member.dataDir)
     const postmaster = pm && isProcessAlive(pm.pid) ? pm.pid : undefined
     if (opts.graceful) {
@@ -636,9 +640,47 @@ export class Lab {
     await this.#spawnPatroni(member)
     this.#log(`started ${name} (pid ${member.pid})`)
     if (opts.wait === false) return { name, role: 'unknown', reinitialized: false, seconds: 0 }
-    const timeoutMs = opts.timeoutMs ?? this.#readyTimeoutMs
-    const reinitializeAfterMs = opts.reinitializeAfterMs ?? 20_000
-    const deadline = Date.now() + timeoutMs
+    return this.#bringBack(name, started, logOffset, {
+      timeoutMs: opts.timeoutMs ?? this.#readyTimeoutMs,
+      reinitializeAfterMs: opts.reinitializeAfterMs ?? 20_000,
+    })
+  }
+
+  /**
+   * The same watch as startMember(), for the members that kept running: after a kill of the
+   * primary under write load, a replica that had received WAL the new leader never got has
+   * diverged too. For every member whose Patroni runs and that is not the leader, waits until
+   * it streams from the leader, re-cloning it (POST /reinitialize) when its log shows a
+   * divergence line written since the last stopMember()/killPrimary() of this Lab, or it is
+   * not streaming `reinitializeAfterMs` (default 10 000 ms) after this call. Resolves with one
+   * result per member (`seconds` counted from this call).
+   */
+  async rejoinReplicas(
+    opts: { timeoutMs?: number; reinitializeAfterMs?: number } = {},
+  ): Promise<StartMemberResult[]> {
+    this.#refresh()
+    const leader = await this.waitForPrimary({ timeoutMs: opts.timeoutMs ?? this.#readyTimeoutMs })
+    const started = performance.now()
+    const others = this.#state.members.filter(
+      (m) => m.name !== leader.name && m.pid !== undefined && isProcessAlive(m.pid),
+    )
+    return Promise.all(
+      others.map((m) =>
+        this.#bringBack(m.name, started, this.#logMarks.get(m.name) ?? fileSize(m.logPath), {
+          timeoutMs: opts.timeoutMs ?? this.#readyTimeoutMs,
+          reinitializeAfterMs: opts.reinitializeAfterMs ?? 10_000,
+        }),
+      ),
+    )
+  }
+
+  async #bringBack(
+    name: string,
+    started: number,
+    logOffset: number,
+    opts: { timeoutMs: number; reinitializeAfterMs: number },
+  ): Promise<StartMemberResult> {
+    const member = this.#member(name)
     let reinitialized = false
     let reason: string | undefined
     const role = await waitFor(
@@ -651,18 +693,18 @@ export class Lab {
         const diverged = logShowsDivergence(member.logPath, logOffset)
         if (diverged) reason = diverged
         else if (probe.state === 'start failed') reason = `state '${probe.state}'`
-        else if (elapsed >= reinitializeAfterMs && probe.state !== 'creating replica')
+        else if (elapsed >= opts.reinitializeAfterMs && probe.state !== 'creating replica')
           reason = `not streaming after ${Math.round(elapsed)} ms (state '${probe.state ?? 'absent'}')`
         else return undefined
         // Needs a leader to clone from; 503 while it has none or Patroni is busy: try again.
         if (!probe.hasLeader) return undefined
         if (await this.#reinitialize(name)) {
           reinitialized = true
-          this.#log(`${name} stuck after restart (${reason}): POST /reinitialize (force)`)
+          this.#log(`${name} stuck (${reason}): POST /reinitialize (force)`)
         }
         return undefined
       },
-      { timeoutMs: Math.max(1, deadline - Date.now()), intervalMs: 250 },
+      { timeoutMs: opts.timeoutMs, intervalMs: 250 },
     )
     const seconds = Math.round((performance.now() - started) / 100) / 10
     this.#log(`${name} back as ${role} in ${seconds} s${reinitialized ? ' (reinitialized)' : ''}`)

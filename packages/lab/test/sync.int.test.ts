@@ -81,8 +81,8 @@ describe('synchronousMode: true', () => {
         expect(st.pause).toBe(true)
       }
       await lab.sql("insert into replay_probe values ('while-paused')")
-      // Longer than one Patroni loop (loop_wait 2 s), which outside maintenance mode resumes replay.
-      await new Promise((r) => setTimeout(r, 4500))
+      // Longer than one Patroni loop (loop_wait 2 s, plus the HA cycle itself), which outside maintenance mode resumes replay.
+      await new Promise((r) => setTimeout(r, 3000))
       for (const r of paused) {
         expect(await lab.sql('select pg_get_wal_replay_pause_state()', r)).toEqual([['paused']])
         expect(await lab.sql("select count(*) from replay_probe where v = 'while-paused'", r)).toEqual([
