@@ -66,6 +66,9 @@ describe('patroniConfig', () => {
     expect(cfg.postgresql.parameters.unix_socket_directories).toBe('/tmp/lab/pg1')
     expect(cfg.postgresql.parameters.unix_socket_directories).not.toBe(cfg.postgresql.data_dir)
     expect(cfg.postgresql.parameters.shared_buffers).toBe('32MB')
+    // A diverged member is re-cloned by Patroni rather than left broken (Patroni 3.0.2 settings).
+    expect(cfg.postgresql.remove_data_directory_on_rewind_failure).toBe(true)
+    expect(cfg.postgresql.remove_data_directory_on_diverged_timelines).toBe(true)
   })
 
   it('password auth on 127.0.0.1, trusted replication, credentials from the input', () => {
