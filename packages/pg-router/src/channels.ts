@@ -21,7 +21,10 @@ export const channelNames = {
   confirmFailed: 'resilient:pg-router:failover:confirm-failed',
   /** { member, expected: 'primary' } when a new connection to the presumed primary was in recovery. */
   roleMismatch: 'resilient:pg-router:role-mismatch',
-  /** { kind: 'read' | 'write', member, errorClass, attempt } before a statement is retried elsewhere. */
+  /**
+   * { kind: 'read' | 'write' | 'transaction', member, errorClass, attempt } before a statement is
+   * retried elsewhere (a transaction: `fn` re-run with `{ retry: true }`, errorClass 'not-committed').
+   */
   retry: 'resilient:pg-router:retry',
   /** { member, reason } when a replica stops getting reads (unreachable, lagging). */
   replicaExcluded: 'resilient:pg-router:replica:excluded',

@@ -22,12 +22,17 @@ export interface CheckState {
   discovery(): { consecutiveFailures: number; lastSuccessAt: number | null }
   healthyReplicas(): number
   conflict(): string[] | null
+  /** `failover.timeoutMs`: how long writes are held before they fail. */
+  failoverTimeoutMs(): number
 }
 
 /**
  * `db.check`: reads state the router already keeps; never runs a query of its own.
- * - fail: closed, split brain, or no confirmed primary (writes are being held or refused);
- * - warn: a primary works but discovery keeps failing (the router would not see the next failover);
+ * - fail: closed, split brain, no primary confirmed yet (startup), a failover that has lasted
+ *   longer than `failover.timeoutMs` (writes now fail), or a failover with no member serving reads;
+ * - warn: a failover younger than `failover.timeoutMs` while at least one replica serves reads
+ *   (writes are held, not failed: the pod can still serve, so readiness stays up), or a primary
+ *   works but discovery keeps failing (the router would not see the next failover);
  * - pass: otherwise. observedValue: milliseconds since discovery last answered.
  */
 export function createCheck(state: CheckState): () => Promise<CheckResult> {
@@ -50,12 +55,28 @@ export function createCheck(state: CheckState): () => Promise<CheckResult> {
     const writer = state.writer()
     if (writer === null) {
       const since = state.suspectedAt()
+      if (since === null) return withAge({ status: 'fail', output: 'no primary confirmed yet' })
+      const heldMs = Math.max(0, Math.round(performance.now() - since))
+      const readers = state.healthyReplicas()
+      const details = { primary: null, replicasServingReads: readers, failoverMs: heldMs }
+      if (heldMs > state.failoverTimeoutMs()) {
+        return withAge({
+          status: 'fail',
+          output: `no confirmed primary: failover in progress for ${heldMs} ms, longer than failover.timeoutMs (writes fail)`,
+          details,
+        })
+      }
+      if (readers === 0) {
+        return withAge({
+          status: 'fail',
+          output: `no confirmed primary and no replica serving reads: failover in progress for ${heldMs} ms`,
+          details,
+        })
+      }
       return withAge({
-        status: 'fail',
-        output:
-          since === null
-            ? 'no primary confirmed yet'
-            : `no confirmed primary: failover in progress for ${Math.round(performance.now() - since)} ms`,
+        status: 'warn',
+        output: `failover in progress: writes held (${heldMs} ms); ${readers} replica(s) serving reads`,
+        details,
       })
     }
     const details = { primary: writer, replicasServingReads: state.healthyReplicas() }

@@ -67,7 +67,7 @@ export interface RouterStats {
   members: MemberStats[]
   /** Session tokens that could not be used (ignored; the session started empty). */
   badTokens: number
-  retries: { read: number; write: number }
+  retries: { read: number; write: number; transaction: number }
 }
 
 export type CommitStatus = 'committed' | 'aborted' | 'in progress'
@@ -162,14 +162,45 @@ function commitUnknown(err: unknown, member: Member, txid: string | null, c: Cla
   )
 }
 
+/**
+ * A transaction whose connection died before COMMIT was sent: the server rolled it back, so it
+ * certainly did not commit and running it again is safe (as far as the database goes).
+ */
+function notCommitted(err: unknown, member: Member, c: Classification, stage: string): ResilientError {
+  return new ResilientError(
+    'E_NO_PRIMARY',
+    `the connection to ${member.name} was lost ${stage}: the transaction did not commit and may be retried`,
+    {
+      cause: err,
+      details: {
+        member: member.name,
+        reason: 'connection-lost',
+        committed: false,
+        retryable: true,
+        sqlState: c.sqlState,
+        errorCode: c.errorCode,
+      },
+    },
+  )
+}
+
+function isNotCommitted(err: unknown): err is ResilientError {
+  return ResilientError.is(err, 'E_NO_PRIMARY') && err.details.reason === 'connection-lost'
+}
+
+/** `transaction(fn, { retry: true })` runs fn at most this many times. */
+const MAX_TRANSACTION_RUNS = 3
+
 function checkTransactionOptions(options: TransactionOptions | undefined): {
   readOnly: boolean
   begin: string
+  retry: boolean
 } {
-  if (options === undefined) return { readOnly: false, begin: 'BEGIN' }
+  if (options === undefined) return { readOnly: false, begin: 'BEGIN', retry: false }
   const o = checkObject(options, 'transaction options')
-  checkKnownKeys(o, 'transaction', ['readOnly', 'isolationLevel', 'signal'])
+  checkKnownKeys(o, 'transaction', ['readOnly', 'isolationLevel', 'signal', 'retry'])
   const readOnly = o.readOnly === undefined ? false : checkBoolean(o.readOnly, 'transaction.readOnly')
+  const retry = o.retry === undefined ? false : checkBoolean(o.retry, 'transaction.retry')
   const iso =
     o.isolationLevel === undefined
       ? undefined
@@ -177,7 +208,7 @@ function checkTransactionOptions(options: TransactionOptions | undefined): {
   let begin = 'BEGIN'
   if (iso) begin += ` ISOLATION LEVEL ${iso.toUpperCase()}`
   if (readOnly) begin += ' READ ONLY'
-  return { readOnly, begin }
+  return { readOnly, begin, retry }
 }
 
 function makeDiscovery(opts: ResolvedOptions): Discovery {
@@ -222,7 +253,7 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
   let closing: Promise<void> | null = null
   let rr = 0
   let badTokens = 0
-  const retries = { read: 0, write: 0 }
+  const retries = { read: 0, write: 0, transaction: 0 }
 
   const discoveryErrors = discovery.onError((e) => {
     publish(channels.discoveryError, { source: e.source, error: e.error })
@@ -732,7 +763,15 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
     const retryable =
       (mayRetry(c.class, 'read') && !(timedOutHere && state.statementTimeouts++ > 0)) ||
       (c.sqlState === '40001' && member !== gate.writer && !lease.lost)
-    if (!retryable || performance.now() >= state.deadline) throw err
+    if (!retryable) throw err
+    if (performance.now() >= state.deadline) {
+      if (ResilientError.is(err) || c.sqlState === '40001') throw err
+      // a connection failure that would have been retried: typed, not pg's raw error
+      throw new ResilientError('E_FAILOVER_TIMEOUT', 'the read did not succeed before the failover timeout', {
+        cause: err,
+        details: { member: member.name, sqlState: c.sqlState, errorCode: c.errorCode },
+      })
+    }
     state.tried ??= new Set()
     state.tried.add(member.name)
     retries.read++
@@ -795,17 +834,31 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
     }
   }
 
-  async function doTransaction<T>(
+  /**
+   * The failure of a transaction statement before COMMIT was sent: when the connection died
+   * (socket gone, 57P0x, 08xxx, a client that is no longer queryable) the server rolled the
+   * transaction back, so the caller gets a typed, retryable E_NO_PRIMARY; anything else
+   * (an SQL error, E_TIMEOUT, E_ABORTED, the caller's own error) is thrown as it is.
+   */
+  function beforeCommitError(err: unknown, lease: Lease, member: Member, stage: string): unknown {
+    const c = classifyError(err, { phase: 'query', sent: true, connectionLost: lease.lost })
+    if (lease.lost || (c.failoverSignal && c.discardConnection)) {
+      monitor.reportFailure(member, lease.generation, c)
+      if (ResilientError.is(err) && err.code !== 'E_NO_PRIMARY') return err // E_TIMEOUT, E_ABORTED: already typed
+      return notCommitted(err, member, c, stage)
+    }
+    return err
+  }
+
+  async function transactionOnce<T>(
     fn: (tx: TransactionClient) => Promise<T>,
-    options: TransactionOptions | undefined,
+    readOnly: boolean,
+    begin: string,
+    signal: AbortSignal | undefined,
+    deadline: number,
     min: WalPosition | null,
-    onLsn?: (pos: WalPosition) => void,
+    onLsn: ((pos: WalPosition) => void) | undefined,
   ): Promise<T> {
-    if (closed) throw closedError()
-    if (typeof fn !== 'function') throw new TypeError('transaction(fn): fn must be a function')
-    const { readOnly, begin } = checkTransactionOptions(options)
-    const signal = options?.signal
-    const deadline = performance.now() + opts.failover.timeoutMs
     const tried = new Set<string>()
     // Acquire + BEGIN, retried while nothing of the caller's has run yet.
     let lease: Lease
@@ -823,7 +876,23 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
         const c = classifyError(err, { phase: 'query', sent: lease.sent, connectionLost: lease.lost })
         lease.release(true)
         monitor.reportFailure(member, lease.generation, c)
-        if (signal?.aborted || !mayRetry(c.class, 'read') || performance.now() >= deadline) throw err
+        if (signal?.aborted || !mayRetry(c.class, 'read')) throw err
+        if (performance.now() >= deadline) {
+          throw new ResilientError(
+            'E_FAILOVER_TIMEOUT',
+            'the transaction could not begin before the failover timeout',
+            {
+              cause: err,
+              details: {
+                member: member.name,
+                committed: false,
+                retryable: true,
+                sqlState: c.sqlState,
+                errorCode: c.errorCode,
+              },
+            },
+          )
+        }
         tried.add(member.name)
         await backoff(attempt, signal)
       }
@@ -840,12 +909,9 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
       result = await fn(tx)
     } catch (err) {
       done = true
-      if (lease.lost) {
-        const c = classifyError(err, { phase: 'query', sent: true, connectionLost: true })
-        monitor.reportFailure(member, lease.generation, c)
-      }
+      const out = beforeCommitError(err, lease, member, 'in the transaction function')
       await rollback(lease)
-      throw err
+      throw out
     }
     done = true
     if (readOnly) {
@@ -867,10 +933,9 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
       )
       txid = r.rows[0]?.x ?? null
     } catch (err) {
-      const c = classifyError(err, { phase: 'query', sent: lease.sent, connectionLost: lease.lost })
-      monitor.reportFailure(member, lease.generation, c)
+      const out = beforeCommitError(err, lease, member, 'before COMMIT')
       await rollback(lease)
-      throw err // COMMIT was never sent: nothing committed
+      throw out // COMMIT was never sent: nothing committed
     }
     try {
       await lease.query('COMMIT', undefined, queryTimeoutMs, signal)
@@ -878,14 +943,60 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
       const c = classifyError(err, { phase: 'query', sent: lease.sent, connectionLost: lease.lost })
       lease.release(true)
       monitor.reportFailure(member, lease.generation, c)
-      // not-sent: the server aborts a transaction whose connection is gone. txid null: nothing was written.
       if (c.class === 'outcome-unknown' && txid !== null) throw commitUnknown(err, member, txid, c)
+      // not-sent: the server aborts a transaction whose connection is gone. txid null: nothing was written.
+      if ((c.class === 'not-sent' || c.class === 'outcome-unknown') && !ResilientError.is(err, 'E_ABORTED')) {
+        throw notCommitted(
+          err,
+          member,
+          c,
+          txid === null ? 'at COMMIT (nothing was written)' : 'before COMMIT was sent',
+        )
+      }
       throw err
     }
     if (onLsn) onLsn(await capturePosition(lease, signal))
     lease.release()
     gate.noteWriteSuccess(member)
     return result
+  }
+
+  async function doTransaction<T>(
+    fn: (tx: TransactionClient) => Promise<T>,
+    options: TransactionOptions | undefined,
+    min: WalPosition | null,
+    onLsn?: (pos: WalPosition) => void,
+  ): Promise<T> {
+    if (closed) throw closedError()
+    if (typeof fn !== 'function') throw new TypeError('transaction(fn): fn must be a function')
+    const { readOnly, begin, retry } = checkTransactionOptions(options)
+    const signal = options?.signal
+    const deadline = performance.now() + opts.failover.timeoutMs
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await transactionOnce(fn, readOnly, begin, signal, deadline, min, onLsn)
+      } catch (err) {
+        // Re-run fn only when asked, only when it certainly did not commit, and within the deadline.
+        if (
+          !retry ||
+          !isNotCommitted(err) ||
+          signal?.aborted ||
+          attempt >= MAX_TRANSACTION_RUNS ||
+          performance.now() >= deadline ||
+          closed
+        ) {
+          throw err
+        }
+        retries.transaction++
+        publish(channels.retry, {
+          kind: 'transaction',
+          member: (err.details.member as string | undefined) ?? null,
+          errorClass: 'not-committed',
+          attempt,
+        })
+        await backoff(attempt, signal)
+      }
+    }
   }
 
   const sessionHost: SessionHost = {
@@ -936,6 +1047,7 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
         now: performance.now(),
       }).filter((m) => m !== gate.writer).length,
     conflict: () => monitor.conflict,
+    failoverTimeoutMs: () => opts.failover.timeoutMs,
   })
 
   const router: PgRouter & { [inspect.custom]: () => string } = {

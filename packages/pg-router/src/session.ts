@@ -75,6 +75,14 @@ export interface TransactionOptions extends StatementOptions {
   readOnly?: boolean
   /** @default the server's default_transaction_isolation */
   isolationLevel?: IsolationLevel
+  /**
+   * Run `fn` again (on the new primary, after a failover) when the connection died before
+   * COMMIT was sent, so the transaction certainly did not commit. Only for a `fn` whose side
+   * effects outside this transaction may happen twice. At most 3 runs, within
+   * `failover.timeoutMs` of the call. A connection lost after COMMIT was sent is never
+   * retried (E_COMMIT_UNKNOWN). @default false
+   */
+  retry?: boolean
 }
 
 /** What `db.transaction(fn)` passes to `fn`: one connection, pinned for the whole transaction. */

@@ -11,6 +11,8 @@ export type FakeAnswer =
   /** One row of text columns, named. */
   | { row: Record<string, string | null> }
   | { hang: true }
+  /** Closes the socket at once, with no message (a killed server). */
+  | { drop: true }
   | { fatal: string }
   | { error: string }
 
@@ -152,6 +154,10 @@ export async function startFakePg(answer: (sql: string) => FakeAnswer): Promise<
         const sql = body.subarray(0, body.length - 1).toString('utf8')
         const a = answer(sql)
         if ('hang' in a) continue
+        if ('drop' in a) {
+          sock.destroy()
+          return
+        }
         if ('fatal' in a) {
           sock.end(errorResponse('FATAL', a.fatal))
           return

@@ -373,3 +373,124 @@ describe('read-your-writes across a failover (fake members)', () => {
 })
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+describe('a transaction whose connection dies before COMMIT was sent', () => {
+  /** A primary that logs every statement and treats those starting with `doomed` per `doom`. */
+  function logged(doom: () => FakeAnswer | undefined) {
+    const log: string[] = []
+    const answer = primary((sql) => {
+      log.push(sql)
+      return sql.startsWith('INSERT doomed') ? doom() : undefined
+    })
+    return { log, answer }
+  }
+
+  it('57P01 mid-transaction: typed E_NO_PRIMARY, committed false, retryable; COMMIT never sent; fn not re-run', async () => {
+    const { log, answer } = logged(() => ({ fatal: '57P01' }))
+    fake = await startFakePg(answer)
+    db = createPgRouter({ discovery: discoveryOf(fake.port), connection })
+    await db.ready({ timeoutMs: 2_000 })
+    let runs = 0
+    const err = await db
+      .transaction(async (tx) => {
+        runs++
+        await tx.query('INSERT doomed')
+      })
+      .catch((e: unknown) => e)
+    expect(ResilientError.is(err, 'E_NO_PRIMARY')).toBe(true)
+    expect(err).toMatchObject({
+      details: {
+        reason: 'connection-lost',
+        committed: false,
+        retryable: true,
+        sqlState: '57P01',
+        member: 'fake',
+      },
+    })
+    expect(runs).toBe(1)
+    expect(log.filter((s) => s === 'COMMIT')).toEqual([])
+    // the router goes on: the next transaction commits
+    await expect(db.transaction(async (tx) => (await tx.query('SELECT 7')).rows)).resolves.toEqual([
+      { r: '1' },
+    ])
+  })
+
+  it('a dropped socket, then a statement on the dead client ("not queryable", no code): typed, not pg’s raw error', async () => {
+    const { log, answer } = logged(() => ({ drop: true }))
+    fake = await startFakePg(answer)
+    db = createPgRouter({ discovery: discoveryOf(fake.port), connection })
+    await db.ready({ timeoutMs: 2_000 })
+    let inner: unknown
+    const err = await db
+      .session()
+      .transaction(async (tx) => {
+        inner = await tx.query('INSERT doomed').catch((e: unknown) => e)
+        await tx.query('SELECT after') // pg: the client is not queryable
+      })
+      .catch((e: unknown) => e)
+    expect(ResilientError.is(inner)).toBe(false) // what fn saw is pg's own error...
+    expect(ResilientError.is(err, 'E_NO_PRIMARY')).toBe(true) // ...what the caller gets is typed
+    expect(err).toMatchObject({ details: { committed: false, retryable: true } })
+    expect((err as ResilientError).cause).toBeInstanceOf(Error)
+    expect(log.includes('SELECT after')).toBe(false)
+    expect(log.filter((s) => s === 'COMMIT')).toEqual([])
+  })
+
+  it('{ retry: true } re-runs fn once on a new connection and returns its result', async () => {
+    let cuts = 0
+    const { log, answer } = logged(() => (cuts++ === 0 ? { fatal: '57P01' } : undefined))
+    fake = await startFakePg(answer)
+    db = createPgRouter({ discovery: discoveryOf(fake.port), connection })
+    await db.ready({ timeoutMs: 2_000 })
+    const retried: unknown[] = []
+    const onRetry = (m: unknown) => retried.push(m)
+    dc.subscribe(channelNames.retry, onRetry)
+    try {
+      const acceptedBefore = fake.accepted()
+      let runs = 0
+      const out = await db.transaction(
+        async (tx) => {
+          runs++
+          await tx.query('INSERT doomed')
+          return `run ${runs}`
+        },
+        { retry: true },
+      )
+      expect(out).toBe('run 2')
+      expect(runs).toBe(2)
+      expect(log.filter((s) => s === 'COMMIT')).toHaveLength(1)
+      expect(fake.accepted()).toBeGreaterThan(acceptedBefore) // the second run had a new connection
+      expect(db.stats().retries.transaction).toBe(1)
+      expect(retried).toContainEqual(
+        expect.objectContaining({ kind: 'transaction', errorClass: 'not-committed', attempt: 1 }),
+      )
+    } finally {
+      dc.unsubscribe(channelNames.retry, onRetry)
+    }
+  })
+
+  it('{ retry: true } never re-runs fn for an SQL error; a bad retry option is E_CONFIG', async () => {
+    const { answer } = logged(() => ({ error: '23505' }))
+    fake = await startFakePg(answer)
+    db = createPgRouter({ discovery: discoveryOf(fake.port), connection })
+    await db.ready({ timeoutMs: 2_000 })
+    let runs = 0
+    const err = await db
+      .transaction(
+        async (tx) => {
+          runs++
+          await tx.query('INSERT doomed')
+        },
+        { retry: true },
+      )
+      .catch((e: unknown) => e)
+    expect(err).toMatchObject({ code: '23505' })
+    expect(ResilientError.is(err)).toBe(false)
+    expect(runs).toBe(1)
+    const bad = await db
+      .transaction(async () => 1, { retry: 'yes' } as unknown as { retry: boolean })
+      .catch((e: unknown) => e)
+    expect(bad).toMatchObject({ code: 'E_CONFIG' })
+    expect((bad as Error).message).toContain('transaction.retry')
+  })
+})
