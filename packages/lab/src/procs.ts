@@ -3,7 +3,7 @@ import { closeSync, openSync, readFileSync, rmSync, statSync } from 'node:fs'
 import { dirname } from 'node:path'
 import { releasePorts } from './ports.js'
 import type { LabState } from './state.js'
-import { isProcessAlive, readPostmasterPid, signalTree, sleep, waitForExit } from './util.js'
+import { isProcessAlive, readPostmasterPid, signalTree, sleep, waitForExit, waitForReaped } from './util.js'
 
 export interface RunAs {
   uid: number
@@ -173,6 +173,7 @@ export async function teardown(state: LabState, log: (line: string) => void): Pr
     for (const pid of alive) signalTree(pid, 'SIGKILL', state.baseDir)
     alive = await waitForExit(alive, 5000)
   }
+  await waitForReaped(all, 2000)
   freeSharedMemory(shm)
   for (let i = 0; i < 5; i++) {
     try {

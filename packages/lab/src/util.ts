@@ -132,6 +132,30 @@ export async function waitForExit(pids: number[], timeoutMs: number): Promise<nu
   return alive
 }
 
+/**
+ * Waits until this process has reaped those of `pids` that are its own children: Node reaps
+ * an exited child asynchronously, and until then the PID still answers `kill(pid, 0)` as a
+ * zombie. Processes that belong to someone else are not waited for (only their parent can
+ * reap them).
+ */
+export async function waitForReaped(pids: number[], timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  const ownZombie = (pid: number) => {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+      const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+      return Number(rest[1]) === process.pid
+    } catch {
+      return false // gone, or no /proc
+    }
+  }
+  let pending = pids.filter(ownZombie)
+  while (pending.length > 0 && Date.now() < deadline) {
+    await sleep(10)
+    pending = pending.filter(ownZombie)
+  }
+}
+
 /** Reads the first line (the PID) of a postmaster.pid file, if there is a live postmaster. */
 export function readPostmasterPid(
   dataDir: string,
