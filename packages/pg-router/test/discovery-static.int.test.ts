@@ -43,29 +43,6 @@ async function patroniRoles(): Promise<Map<number, string>> {
   return new Map(c.members.map((m) => [m.port!, mapPatroniRole(m.role)]))
 }
 
-/** Patroni maintenance mode on or off, seen by every member (GET /patroni). */
-async function patroniMaintenance(on: boolean) {
-  const res = await fetch(`${lab.patroni.endpoints[0]}/config`, {
-    method: 'PATCH',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ pause: on }),
-    signal: AbortSignal.timeout(5_000),
-  })
-  expect(res.status).toBe(200)
-  for (const m of lab.members) {
-    for (let i = 0; ; i++) {
-      const st = (await (
-        await fetch(`${m.apiUrl}/patroni`, { signal: AbortSignal.timeout(2_000) })
-      ).json()) as {
-        pause?: boolean
-      }
-      if (Boolean(st.pause) === on) break
-      if (i > 100) throw new Error(`${m.name} did not see pause=${on}`)
-      await new Promise((r) => setTimeout(r, 100))
-    }
-  }
-}
-
 const rolesByPort = (r: DiscoveryResult) => new Map(r.members.map((m) => [m.port, m.role as string]))
 
 describe('static discovery against a real Patroni cluster', () => {
@@ -132,18 +109,17 @@ describe('static discovery against a real Patroni cluster', () => {
   it('measures a replica that stopped replaying as lagging, in bytes', async () => {
     const replica = (await lab.replicas())[0]!
     const { d } = staticOver()
-    // Patroni 3 resumes paused replay (PG 14+) in its HA loop unless in maintenance mode.
-    await patroniMaintenance(true)
+    // Patroni 3 resumes paused replay (PG 14+) in its HA loop unless in maintenance mode:
+    // the lab's pauseReplay turns maintenance mode on first.
+    await lab.pauseReplay(replica.name)
     try {
-      await lab.sql('SELECT pg_wal_replay_pause()', replica.name)
       await lab.sql('CREATE TABLE lag_t AS SELECT g FROM generate_series(1, 20000) g')
       const r = await d.discover()
       const lagging = r.members.find((m) => m.port === replica.port)!
       expect(lagging.role).toBe('replica')
       expect(lagging.lagBytes).toBeGreaterThan(100_000)
     } finally {
-      await lab.sql('SELECT pg_wal_replay_resume()', replica.name)
-      await patroniMaintenance(false)
+      await lab.resumeReplay(replica.name)
     }
   })
 

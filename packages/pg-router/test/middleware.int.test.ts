@@ -18,33 +18,6 @@ let expressUrl: string
 let fastifyApp: FastifyInstance
 const closers: (() => Promise<unknown>)[] = []
 
-async function sqlOnReplicas(text: string) {
-  for (const r of paused) await lab.sql(text, r)
-}
-
-/** Patroni maintenance mode on, seen by every member (GET /patroni says pause: true). */
-async function patroniMaintenance(on: boolean) {
-  const res = await fetch(`${lab.patroni.endpoints[0]}/config`, {
-    method: 'PATCH',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ pause: on }),
-    signal: AbortSignal.timeout(5_000),
-  })
-  expect(res.status).toBe(200)
-  for (const m of lab.members) {
-    for (let i = 0; ; i++) {
-      const st = (await (
-        await fetch(`${m.apiUrl}/patroni`, { signal: AbortSignal.timeout(2_000) })
-      ).json()) as {
-        pause?: boolean
-      }
-      if (Boolean(st.pause) === on) break
-      if (i > 100) throw new Error(`${m.name} did not see pause=${on}`)
-      await new Promise((r) => setTimeout(r, 100))
-    }
-  }
-}
-
 /** Fails the test if replay was resumed behind our back (the control would prove nothing). */
 async function expectReplayPaused() {
   for (const r of paused) expect(await lab.sql('SELECT pg_is_wal_replay_paused()', r)).toEqual([['t']])
@@ -76,9 +49,9 @@ beforeAll(async () => {
     await new Promise((res) => setTimeout(res, 100))
   }
   expect(db.topology().replicas.filter((r) => r.healthy)).toHaveLength(2)
-  await patroniMaintenance(true)
+  // maintenance mode on, then replay paused on each replica (the lab does both)
+  for (const r of replicas) await lab.pauseReplay(r.name)
   paused = replicas.map((r) => r.name)
-  await sqlOnReplicas('SELECT pg_wal_replay_pause()')
 
   const app = express()
   app.use(express.json())
@@ -123,7 +96,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await Promise.all(closers.map((c) => c()))
-  if (lab && paused.length) await sqlOnReplicas('SELECT pg_wal_replay_resume()').catch(() => {})
+  if (lab && paused.length) await lab.resumeReplay().catch(() => {})
   await db?.close()
   await lab?.down()
 })
@@ -189,7 +162,7 @@ describe('read-your-writes through real HTTP servers, replicas not replaying', (
       body: JSON.stringify({ label: 'later' }),
     })
     const { id } = (await post.json()) as { id: number }
-    await sqlOnReplicas('SELECT pg_wal_replay_resume()')
+    await lab.resumeReplay()
     paused = []
     let status = 0
     for (let i = 0; i < 100 && status !== 200; i++) {

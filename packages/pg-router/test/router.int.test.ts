@@ -231,6 +231,42 @@ describe('statements cut off by the server', () => {
     expect(db.topology().primary?.name).toBe((await lab.primary())!.name)
   })
 
+  it('a backend terminated mid-transaction (before COMMIT): typed E_NO_PRIMARY, committed: false; { retry: true } re-runs fn, commits once', async () => {
+    await db.write('CREATE TABLE tx_cut (id int PRIMARY KEY)')
+    let pid: number | undefined
+    const plain = db
+      .transaction(async (t) => {
+        pid = (await t.query<{ p: number }>('SELECT pg_backend_pid() AS p')).rows[0]!.p
+        await t.query('INSERT INTO tx_cut (id) VALUES (1)')
+        await t.query('SELECT pg_sleep(3)')
+      })
+      .catch((e: unknown) => e)
+    await terminateSoon(() => pid)
+    const err = await plain
+    expect(ResilientError.is(err, 'E_NO_PRIMARY')).toBe(true)
+    expect(err).toMatchObject({
+      details: { reason: 'connection-lost', committed: false, retryable: true, sqlState: '57P01' },
+    })
+
+    pid = undefined
+    let runs = 0
+    const retried = db.transaction(
+      async (t) => {
+        runs++
+        await t.query('INSERT INTO tx_cut (id) VALUES (2)')
+        if (runs === 1) {
+          pid = (await t.query<{ p: number }>('SELECT pg_backend_pid() AS p')).rows[0]!.p
+          await t.query('SELECT pg_sleep(3)')
+        }
+        return runs
+      },
+      { retry: true },
+    )
+    await terminateSoon(() => pid)
+    expect(await retried).toBe(2)
+    expect((await db.write('SELECT id FROM tx_cut ORDER BY id')).rows).toEqual([{ id: 2 }])
+  })
+
   it('an autocommit write cut off: E_COMMIT_UNKNOWN without txid; the idempotent one is retried', async () => {
     await db.write('DROP TRIGGER slow_at_commit ON slow')
     await db.write(
@@ -310,7 +346,8 @@ describe('degraded members', () => {
     })
     try {
       await small.ready({ timeoutMs: 10_000 })
-      await lab.sql('SELECT pg_wal_replay_pause()', slow!.name)
+      // maintenance mode first (the lab does it), else Patroni resumes replay in its HA loop
+      await lab.pauseReplay(slow!.name)
       await small.write(
         "INSERT INTO items (id, body) SELECT g, repeat('x', 500) FROM generate_series(1000, 9000) g",
       )
@@ -330,7 +367,7 @@ describe('degraded members', () => {
       expect(ports.has(slow!.port)).toBe(false)
       expect(ports.has(other!.port)).toBe(true)
     } finally {
-      await lab.sql('SELECT pg_wal_replay_resume()', slow!.name)
+      await lab.resumeReplay(slow!.name)
       await small.close()
     }
   })

@@ -21,26 +21,6 @@ async function waitUntil(what: string, cond: () => boolean | Promise<boolean>, t
   }
 }
 
-/** Patroni maintenance mode on/off, seen by every running member (GET /patroni says pause). */
-async function patroniMaintenance(on: boolean) {
-  const primary = await lab.primary()
-  const res = await fetch(`${primary?.apiUrl ?? lab.patroni.endpoints[0]}/config`, {
-    method: 'PATCH',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ pause: on }),
-    signal: AbortSignal.timeout(5_000),
-  })
-  expect(res.status).toBe(200)
-  for (const m of lab.members) {
-    await waitUntil(`${m.name} to see pause=${on}`, async () => {
-      const st = (await (
-        await fetch(`${m.apiUrl}/patroni`, { signal: AbortSignal.timeout(2_000) })
-      ).json()) as { pause?: boolean }
-      return Boolean(st.pause) === on
-    })
-  }
-}
-
 beforeAll(async () => {
   lab = await startLab({ nodes: 3, redis: false })
   await lab.waitForReplicas(2)
@@ -55,7 +35,7 @@ beforeAll(async () => {
 }, 120_000)
 
 afterAll(async () => {
-  for (const r of paused) await lab.sql('SELECT pg_wal_replay_resume()', r).catch(() => {})
+  if (lab && paused.length) await lab.resumeReplay().catch(() => {})
   await db?.close()
   await lab?.down()
 }, 60_000)
@@ -113,10 +93,13 @@ describe('read-your-writes across a failover', () => {
     await sleep(1_000)
 
     // Replay stops everywhere: only a replica that truly replayed a write may serve its read.
-    await patroniMaintenance(true)
-    paused = db.topology().replicas.map((r) => r.name)
-    expect(paused).toContain(old)
-    for (const r of paused) await lab.sql('SELECT pg_wal_replay_pause()', r)
+    // (the lab turns Patroni maintenance mode on first, else Patroni resumes replay)
+    const replicas = db.topology().replicas.map((r) => r.name)
+    expect(replicas).toContain(old)
+    for (const r of replicas) {
+      await lab.pauseReplay(r)
+      paused.push(r)
+    }
     const checkedBeforePause = checked
     await sleep(3_000)
     stop = true
@@ -134,9 +117,8 @@ describe('read-your-writes across a failover', () => {
     }
     expect(controlMissed).toBe(true)
 
-    for (const r of paused) await lab.sql('SELECT pg_wal_replay_resume()', r)
+    await lab.resumeReplay()
     paused = []
-    await patroniMaintenance(false)
 
     console.log(
       `ryw-failover: ${checked} read-after-write checks (${checked - checkedBeforePause} with replay paused), ${failed} failed calls, timelines ${[...timelines].join(',')}`,
