@@ -657,8 +657,11 @@ async function main() {
     try {
       await at(killAtS)
       const before = await lab.primary()
+      // In synchronous mode, kill only once a sync standby has settled (a Patroni 3 cluster
+      // killed right after the sync role moved can stall); the clock starts at the kill itself.
+      await lab.waitForSyncStandby({ maxLagBytes: 1_048_576 })
       killedAt = load.now()
-      oldLeader = await lab.killPrimary()
+      oldLeader = await lab.killPrimary({ waitForSync: false })
       phase = `primary ${oldLeader} killed`
       events.push({ t: killedAt, label: `kill -9 primary (${oldLeader})`, color: '#d62728' })
       console.log(`-- kill -9 of the primary ${oldLeader} (timeline ${before?.timeline ?? '?'})`)

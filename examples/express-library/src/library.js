@@ -21,6 +21,12 @@ export class HttpError extends Error {
 }
 
 const BOOK_COLUMNS = 'id, title, author, year, copies, available'
+/**
+ * Loans and returns are keyed by a UUID the client chose and written with ON CONFLICT / WHERE
+ * returned_at IS NULL, so running one again is harmless: if its connection dies before COMMIT
+ * is sent (a failover), the router may run it again on the new primary.
+ */
+const RETRY_TX = Object.freeze({ retry: true })
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 
 /** @param {unknown} value @returns {number} */
@@ -144,7 +150,7 @@ export function createLibrary({ db, cache, bookTtlMs }) {
           throw new HttpError(409, 'NOT_AVAILABLE', 'every copy of this book is on loan')
         }
         return { loan: inserted.rows[0], created: true, author: book.rows[0].author }
-      })
+      }, RETRY_TX)
       if (result.created) await invalidate(bookId, result.author)
       return { loan: result.loan, created: result.created }
     },
@@ -176,7 +182,7 @@ export function createLibrary({ db, cache, bookTtlMs }) {
           [loan.rows[0].bookId],
         )
         return { loan: loan.rows[0], returned: true, author: book.rows[0].author }
-      })
+      }, RETRY_TX)
       if (result.returned) await invalidate(result.loan.bookId, result.author)
       return { loan: result.loan, returned: result.returned }
     },
