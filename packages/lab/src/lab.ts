@@ -15,6 +15,7 @@ import {
   statSync,
   writeFileSync,
 } from 'node:fs'
+import { connect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import {
@@ -1365,6 +1366,13 @@ export class Lab {
     }
     const left = await waitForExit([node.pid], 5000)
     if (left.length > 0) throw new Error(`${node.name} (pid ${node.pid}) did not die`)
+    // Dead is not yet closed: until the kernel has torn its listening socket down, a connect
+    // can still land in the old backlog and be reset. Resolve once the port refuses.
+    await waitFor(
+      `port ${node.port} of the killed ${node.name} to refuse connections`,
+      async () => ((await portRefuses(node.port)) ? true : undefined),
+      { timeoutMs: 5000, intervalMs: 20 },
+    )
     this.#log(`killed ${node.name} (pid ${node.pid})`)
     delete node.pid
     this.#save()
@@ -1659,4 +1667,18 @@ export async function startLab(options: LabOptions = {}): Promise<Lab> {
     await lab.down().catch(() => {})
     throw err
   }
+}
+
+/** True when a TCP connect to 127.0.0.1:port is refused (nothing listens there). */
+function portRefuses(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect({ host: HOST, port })
+    const done = (refused: boolean) => {
+      socket.destroy()
+      resolve(refused)
+    }
+    socket.setTimeout(500, () => done(false))
+    socket.once('connect', () => done(false))
+    socket.once('error', (err: NodeJS.ErrnoException) => done(err.code === 'ECONNREFUSED'))
+  })
 }
