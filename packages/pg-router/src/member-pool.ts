@@ -42,35 +42,53 @@ function onClientError(this: InfoHolder): void {
 
 /**
  * Statement deadlines without a timer per statement: a lease with a statement in flight is
- * in `inflight` (its `deadlineAt` set), and one coarse interval, running only while the set
+ * in `inflight` (its `deadlineAt` set), and one coarse interval, running only while the list
  * is non-empty, expires the overdue ones every DEADLINE_TICK_MS. Expiring destroys the
  * connection's socket: pg rejects the pending query at once and the caller gets E_TIMEOUT.
  * A deadline fires between `timeoutMs` and `timeoutMs + DEADLINE_TICK_MS` ms.
  */
 const DEADLINE_TICK_MS = 20
-const inflight = new Set<Lease>()
+/**
+ * The leases with a statement in flight, in a plain array: each knows its own index (`slot`),
+ * so adding and removing are a store and a swap with the last one, no hashing and no allocation.
+ */
+const inflight: Lease[] = []
 let deadlineTimer: NodeJS.Timeout | undefined
 
 function sweepDeadlines(): void {
-  if (inflight.size === 0) {
+  if (inflight.length === 0) {
     clearInterval(deadlineTimer)
     deadlineTimer = undefined
     return
   }
   const now = performance.now()
-  for (const lease of inflight) {
-    if (lease.deadlineAt <= now) {
-      inflight.delete(lease)
+  for (let i = inflight.length - 1; i >= 0; i--) {
+    const lease = inflight[i]
+    if (lease !== undefined && lease.deadlineAt <= now) {
+      unwatch(lease)
       lease.expire()
     }
   }
 }
 
 function watch(lease: Lease): void {
-  inflight.add(lease)
+  if (lease.slot !== -1) return
+  lease.slot = inflight.length
+  inflight.push(lease)
   if (deadlineTimer === undefined) {
     deadlineTimer = setInterval(sweepDeadlines, DEADLINE_TICK_MS)
     deadlineTimer.unref()
+  }
+}
+
+function unwatch(lease: Lease): void {
+  const i = lease.slot
+  if (i === -1) return
+  lease.slot = -1
+  const last = inflight.pop() as Lease
+  if (last !== lease) {
+    inflight[i] = last
+    last.slot = i
   }
 }
 
@@ -132,6 +150,8 @@ export class Lease {
   timedOut = false
   /** performance.now() by which the statement in flight must settle; 0: none in flight. */
   deadlineAt = 0
+  /** Index in the in-flight list while a deadline is armed; -1: not in it. */
+  slot = -1
   #timeoutMs = 0
   #released = false
   #aborted = false
@@ -221,7 +241,7 @@ export class Lease {
   settled(): void {
     if (this.deadlineAt !== 0) {
       this.deadlineAt = 0
-      inflight.delete(this)
+      unwatch(this)
     }
   }
 

@@ -370,7 +370,6 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
     }
   }
 
-  /** A replica for a read now (none: null), without allocating: the hot path of every read. */
   /** A connect for a write failed: throws unless it may be retried (nothing was sent); else counts the retry. */
   function writeConnectFailed(
     member: Member,
@@ -386,6 +385,7 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
     publish(channels.retry, { kind: 'write', member: member.name, errorClass: c.class, attempt })
   }
 
+  /** A replica for a read now (none: null): the hot path of every read. */
   function pickReader(exclude: ReadonlySet<string> | null, min: WalPosition | null): Member | null {
     const rules = {
       maxLagBytes: opts.replicas.maxLagBytes,
@@ -552,52 +552,89 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
   ): Promise<QueryResult<R>> {
     if (onLsn === undefined && options?.signal === undefined && !closed && !metricsOn()) {
       const w = gate.writer
-      if (w !== null) return fastWrite<R>(w, text, values, options)
+      if (w !== null) return fastStatement<R>('write', w, text, values, options, null)
     }
     return counted('pg-router.write', (tries) => writeLoop<R>(text, values, options, onLsn, tries))
   }
 
   /**
-   * The common case of a write (a confirmed writer with an idle connection, no signal, no
-   * metrics, no session): one promise, pg's callbacks underneath, as pg.Pool.query does. Any
-   * failure is handled as writeLoop's first attempt would, and writeLoop takes over.
+   * The common case of a read or a write: an idle connection of `member` right now, no signal,
+   * no metrics, no session. One promise and pg's callbacks underneath, as pg.Pool.query does.
+   * A failure is handled as the slow loop's first attempt would handle it, and that loop
+   * (readLoop, writeLoop) takes over from the second attempt; with no idle connection at hand
+   * the loop does the whole job (a read: on the member already picked, for round robin).
    */
-  function fastWrite<R extends QueryResultRow>(
+  function fastStatement<R extends QueryResultRow>(
+    mode: 'read' | 'write',
     member: Member,
     text: QueryText,
     values: unknown[] | undefined,
     options: WriteOptions | undefined,
+    min: WalPosition | null,
   ): Promise<QueryResult<R>> {
-    return new Promise<QueryResult<R>>((resolve, reject) => {
-      const started = member.pool.tryAcquire('write', (err, lease) => {
+    const startedAt = mode === 'read' ? performance.now() : 0
+    return new Promise<QueryResult<R>>((resolve) => {
+      const started = member.pool.tryAcquire(mode, (err, lease) => {
         if (lease === undefined) {
-          try {
-            writeConnectFailed(member, err, 1, undefined)
-          } catch (e) {
-            reject(e)
-            return
-          }
-          resolve(writeLoop<R>(text, values, options, undefined, UNCOUNTED, 2, err))
+          resolve(afterFastFailure<R>(mode, member, undefined, err, text, values, options, min, startedAt))
           return
         }
         lease.startCb<R>(text as string | QueryConfig, values, queryTimeoutMs, (qerr, r) => {
-          if (r !== undefined) {
-            lease.release()
-            gate.noteWriteSuccess(member)
-            resolve(r)
+          if (r === undefined) {
+            resolve(afterFastFailure<R>(mode, member, lease, qerr, text, values, options, min, startedAt))
             return
           }
-          try {
-            writeFailed(qerr, lease, member, options, 1)
-          } catch (e) {
-            reject(e)
-            return
-          }
-          resolve(writeLoop<R>(text, values, options, undefined, UNCOUNTED, 2, qerr))
+          lease.release()
+          if (mode === 'write') gate.noteWriteSuccess(member)
+          resolve(r)
         })
       })
-      if (!started) resolve(writeLoop<R>(text, values, options, undefined, UNCOUNTED))
+      if (!started) {
+        resolve(
+          mode === 'write'
+            ? writeLoop<R>(text, values, options, undefined, UNCOUNTED)
+            : readLoop<R>(text, values, options, min, UNCOUNTED, 1, undefined, member),
+        )
+      }
     })
+  }
+
+  /**
+   * The first attempt of fastStatement failed (no connection: `lease` undefined). Rejects with
+   * what the caller gets, or hands over to the slow loop from attempt 2.
+   */
+  function afterFastFailure<R extends QueryResultRow>(
+    mode: 'read' | 'write',
+    member: Member,
+    lease: Lease | undefined,
+    err: unknown,
+    text: QueryText,
+    values: unknown[] | undefined,
+    options: WriteOptions | undefined,
+    min: WalPosition | null,
+    startedAt: number,
+  ): Promise<QueryResult<R>> {
+    try {
+      if (mode === 'write') {
+        if (lease === undefined) writeConnectFailed(member, err, 1, undefined)
+        else writeFailed(err, lease, member, options, 1)
+        return writeLoop<R>(text, values, options, undefined, UNCOUNTED, 2, err)
+      }
+      const state: ReadState = {
+        tried: null,
+        statementTimeouts: 0,
+        deadline: startedAt + opts.failover.timeoutMs,
+      }
+      if (lease === undefined) {
+        state.tried = new Set()
+        readConnectFailed(member, err, 1, state.tried, undefined)
+      } else {
+        readFailed(err, lease, member, undefined, 1, state)
+      }
+      return readLoop<R>(text, values, options, min, UNCOUNTED, 2, state)
+    } catch (e) {
+      return Promise.reject(e)
+    }
   }
 
   /** A statement of a write failed: throws what the caller gets, or returns when it may be retried (counted). */
@@ -682,7 +719,7 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
   ): Promise<QueryResult<R>> {
     if (options?.signal === undefined && !closed && !metricsOn()) {
       const m = quickReader(min)
-      if (m !== null) return fastRead<R>(m, text, values, options, min)
+      if (m !== null) return fastStatement<R>('read', m, text, values, options, min)
     }
     return counted('pg-router.read', (tries) => readLoop<R>(text, values, options, min, tries))
   }
@@ -692,52 +729,6 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
     tried: Set<string> | null
     statementTimeouts: number
     deadline: number
-  }
-
-  /** The common case of a read (see fastWrite): one promise; readLoop takes over after a failure. */
-  function fastRead<R extends QueryResultRow>(
-    member: Member,
-    text: QueryText,
-    values: unknown[] | undefined,
-    options: StatementOptions | undefined,
-    min: WalPosition | null,
-  ): Promise<QueryResult<R>> {
-    return new Promise<QueryResult<R>>((resolve, reject) => {
-      const state: ReadState = {
-        tried: null,
-        statementTimeouts: 0,
-        deadline: performance.now() + opts.failover.timeoutMs,
-      }
-      const started = member.pool.tryAcquire('read', (err, lease) => {
-        if (lease === undefined) {
-          state.tried = new Set()
-          try {
-            readConnectFailed(member, err, 1, state.tried, undefined)
-          } catch (e) {
-            reject(e)
-            return
-          }
-          resolve(readLoop<R>(text, values, options, min, UNCOUNTED, 2, state))
-          return
-        }
-        lease.startCb<R>(text as string | QueryConfig, values, queryTimeoutMs, (qerr, r) => {
-          if (r !== undefined) {
-            lease.release()
-            resolve(r)
-            return
-          }
-          try {
-            readFailed(qerr, lease, member, undefined, 1, state)
-          } catch (e) {
-            reject(e)
-            return
-          }
-          resolve(readLoop<R>(text, values, options, min, UNCOUNTED, 2, state))
-        })
-      })
-      // no idle connection at hand: the slow path, to the member already picked (round robin)
-      if (!started) resolve(readLoop<R>(text, values, options, min, UNCOUNTED, 1, undefined, member))
-    })
   }
 
   /** A statement of a read failed: throws what the caller gets, or returns when another attempt may follow (counted). */
