@@ -19,7 +19,7 @@ import {
 } from '@resilient/core'
 import { LRUCache } from 'lru-cache'
 import { channels } from './channels.js'
-import { decodeL2, type Entry, encodeL2, serializeValue } from './entry.js'
+import { decodeL2, type Entry, encodeL2, makeEntry, serializeValue } from './entry.js'
 import { FillGuard, type Ticket } from './guard.js'
 import { KeyedMap } from './keyed.js'
 import {
@@ -611,14 +611,7 @@ class CacheImpl implements Cache {
   ): Entry {
     const ticket: Ticket = flight
     const payload = serializeValue(value, this.#o.serializer, this.#o.maxValueBytes)
-    const now = Date.now()
-    const entry: Entry = {
-      value,
-      exp: now + opts.ttlMs,
-      hardExp: now + opts.ttlMs + opts.graceMs,
-      tags: opts.tags,
-      size: payload.length,
-    }
+    const entry = makeEntry(value, payload, opts)
     if (ticket.invalidated || tagsFailed) {
       this.#discarded(key, tagsFailed ? 'tag-registration-failed' : 'invalidated')
       if (leaseToken) this.#background(this.#releaseLease(key, leaseToken))
@@ -685,14 +678,7 @@ class CacheImpl implements Cache {
     this.#checkKey(key)
     const opts = this.#callOptions(options)
     const payload = serializeValue(value, this.#o.serializer, this.#o.maxValueBytes)
-    const now = Date.now()
-    const entry: Entry = {
-      value,
-      exp: now + opts.ttlMs,
-      hardExp: now + opts.ttlMs + opts.graceMs,
-      tags: opts.tags,
-      size: payload.length,
-    }
+    const entry = makeEntry(value, payload, opts)
     this.#invalidateInFlight(key)
     this.#putL1(key, entry, undefined)
     if (!this.#client) return

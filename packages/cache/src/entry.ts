@@ -11,6 +11,22 @@ export interface Entry {
   size: number
 }
 
+/** A new entry, fresh for `ttlMs` from now and servable as stale for `graceMs` after that. */
+export function makeEntry(
+  value: unknown,
+  payload: string,
+  opts: { ttlMs: number; graceMs: number; tags: readonly string[] | undefined },
+): Entry {
+  const now = Date.now()
+  return {
+    value,
+    exp: now + opts.ttlMs,
+    hardExp: now + opts.ttlMs + opts.graceMs,
+    tags: opts.tags,
+    size: payload.length,
+  }
+}
+
 /**
  * L2 format: `<exp>:<hardExp>:<tags JSON or empty>\n<payload>`. The Lua lookup reads the
  * leading `<exp>` to decide whether a lease is needed. JSON strings never hold a raw newline.
