@@ -295,34 +295,16 @@ async function round(lab, clientName, roundNo, shared) {
 }
 
 /**
- * Starts the killed member again. A primary killed with WAL its standby never received has
- * diverged; when Patroni starts it as a standby without pg_rewind it never streams again
- * ("requested starting point ... is not in this server's history"): after 30 s it is
- * reinitialized from the leader (Patroni's POST /reinitialize).
+ * Brings the killed member back as a streaming replica, and any other replica that diverged
+ * with it: the lab re-clones a member from the leader (Patroni's POST /reinitialize) when it
+ * cannot stream again (a primary killed with WAL its successor never got).
  */
 export async function rejoin(lab, name) {
-  try {
-    await lab.startMember(name, { timeoutMs: 30_000 })
-    await lab.waitForMember(name, { role: 'replica', timeoutMs: 30_000 })
-    return
-  } catch {}
-  const member = lab.members.find((m) => m.name === name)
-  console.error(`${name} did not rejoin as a replica within 60 s: reinitializing it from the leader`)
-  await waitUntil(
-    async () => {
-      const res = await fetch(`${member.apiUrl}/reinitialize`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ force: true }),
-        signal: AbortSignal.timeout(10_000),
-      })
-      await res.text()
-      return res.ok
-    },
-    30_000,
-    1000,
-  )
-  await lab.waitForMember(name, { role: 'replica', timeoutMs: 120_000 })
+  const back = await lab.startMember(name, { timeoutMs: 150_000 })
+  const others = await lab.rejoinReplicas({ timeoutMs: 150_000 })
+  for (const r of [back, ...others]) {
+    if (r.reinitialized) console.error(`${r.name} was re-cloned from the leader to rejoin (${r.reason})`)
+  }
 }
 
 function errorCode(err) {
