@@ -5,6 +5,7 @@
  * native frames (socket writes show up as `native:writeBuffer`).
  *
  * Run:  npx tsc -b packages/lab packages/pg-router && node bench/pg-router/profile.mjs
+ * (pinned like pg.bench.mjs: this process on core 0, the lab on the last core; PIN=0: not)
  * Env:  CALLS (default 20000), CONCURRENCY (default 1: queries in flight per call),
  *       DETAIL=1 (also the top functions of pg-router and @resilient/core)
  * Out:  one table per case on stdout (share of busy samples, and µs per call estimated from
@@ -16,6 +17,7 @@ import net from 'node:net'
 import pg from 'pg'
 import { startLab } from '../../packages/lab/dist/index.js'
 import { createPgRouter } from '../../packages/pg-router/dist/index.js'
+import { pinApart } from '../lib/pin.mjs'
 
 const CALLS = Number(process.env.CALLS ?? 20_000)
 /** Queries in flight per call (a call is one batch). */
@@ -109,6 +111,7 @@ let pool
 let db
 try {
   const p = await lab.waitForPrimary()
+  console.log(pinApart(lab))
   const { user, password, database } = lab.postgres
   pool = new pg.Pool({ host: p.host, port: p.port, user, password, database, max: 8 })
   db = createPgRouter({
