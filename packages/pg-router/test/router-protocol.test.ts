@@ -3,6 +3,7 @@ import { Emitter, ResilientError } from '@resilient/core'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { channelNames } from '../src/channels.js'
 import type { DiscoveredMember, Discovery } from '../src/discovery/types.js'
+import { deadlineTickMs } from '../src/member-pool.js'
 import { createPgRouter, type PgRouter } from '../src/router.js'
 import { type FakeAnswer, type FakePg, startFakePg } from './router-fake-pg.js'
 
@@ -96,6 +97,43 @@ describe('a statement that never gets an answer', () => {
     await db.ready({ timeoutMs: 2_000 })
     await expect(db.read('SELECT hang')).rejects.toMatchObject({ code: 'E_TIMEOUT' })
     expect(hangs).toBe(2)
+  })
+
+  it('a short timeout fires on time while a long one is in flight (the sweep follows the shortest)', async () => {
+    fake = await startFakePg(primary((sql) => (sql.startsWith('SELECT hang') ? { hang: true } : undefined)))
+    const slow = createPgRouter({
+      discovery: discoveryOf(fake.port),
+      connection,
+      pool: { queryTimeoutMs: 60_000 }, // sweep tick 1 s
+    })
+    db = createPgRouter({
+      discovery: discoveryOf(fake.port),
+      connection,
+      pool: { queryTimeoutMs: 100 }, // tick 5 ms
+      failover: { timeoutMs: 2_000 },
+    })
+    try {
+      await slow.ready({ timeoutMs: 2_000 })
+      await db.ready({ timeoutMs: 2_000 })
+      const ac = new AbortController()
+      const long = slow.read('SELECT hang', undefined, { signal: ac.signal }).catch((e: unknown) => e)
+      await new Promise((r) => setTimeout(r, 20)) // the 1 s interval is armed
+      const t0 = performance.now()
+      await expect(db.write('SELECT hang')).rejects.toMatchObject({ code: 'E_COMMIT_UNKNOWN' })
+      // 100 ms + at most a 5 ms tick; with the 1 s tick of the long statement it would be ~1 s
+      expect(performance.now() - t0).toBeLessThan(700)
+      ac.abort()
+      expect(await long).toMatchObject({ code: 'E_ABORTED' })
+    } finally {
+      await slow.close()
+    }
+  })
+
+  it('the sweep tick is a twentieth of the timeout, between 5 ms and 1 s', () => {
+    expect(deadlineTickMs(30_000)).toBe(1_000)
+    expect(deadlineTickMs(1_000)).toBe(50)
+    expect(deadlineTickMs(100)).toBe(5)
+    expect(deadlineTickMs(1)).toBe(5)
   })
 
   it('an AbortSignal ends it with E_ABORTED', async () => {
