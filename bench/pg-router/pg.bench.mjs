@@ -7,7 +7,7 @@
  * how much of a difference this run can measure at all. Same pool size (8) for all. Cases
  * are interleaved in small blocks (BLOCK calls of each case per round, a new random order each
  * round), so noise from the rest of the machine falls on every case alike; every call is
- * timed on its own.
+ * timed on its own. No forced garbage collection while timing (see measure()).
  *
  * Run:  npx tsc -b packages/lab packages/pg-router && node --expose-gc bench/pg-router/pg.bench.mjs
  * Env:  ROUNDS (default 1000 sequential; concurrent cases run ROUNDS / 2), BLOCK (default 20
@@ -91,7 +91,7 @@ try {
     Object.entries(single).map(([name, fn]) => [`${name} x${CONCURRENCY}`, batch(fn)]),
   )
 
-  // Fill both pools to POOL_MAX connections before measuring.
+  // Fill every pool to POOL_MAX connections before measuring.
   await Promise.all(Array.from({ length: 4 }, () => concurrent['pg.Pool SELECT 1 x8']()))
   await Promise.all(Array.from({ length: 4 }, () => concurrent['pg.Pool#2 SELECT 1 x8']()))
   await Promise.all(Array.from({ length: 4 }, () => concurrent['db.read SELECT 1 x8']()))
