@@ -64,10 +64,14 @@ export function deadlineTickMs(timeoutMs: number): number {
  */
 const inflight: Lease[] = []
 let deadlineTimer: NodeJS.Timeout | undefined
-/** Tick of the armed interval (0: none armed). */
+/** The timeout the armed interval is sized for, and its tick (both 0: none armed). */
+let armedForMs = 0
 let tickMs = 0
 
-function arm(ms: number): void {
+function arm(timeoutMs: number): void {
+  armedForMs = timeoutMs
+  const ms = deadlineTickMs(timeoutMs)
+  if (deadlineTimer !== undefined && ms === tickMs) return
   clearInterval(deadlineTimer)
   tickMs = ms
   deadlineTimer = setInterval(sweepDeadlines, ms)
@@ -76,22 +80,23 @@ function arm(ms: number): void {
 
 function sweepDeadlines(): void {
   const now = performance.now()
-  let finest = MAX_TICK_MS
+  let shortest = Number.POSITIVE_INFINITY
   for (let i = inflight.length - 1; i >= 0; i--) {
     const lease = inflight[i] as Lease
     if (lease.deadlineAt <= now) {
       unwatch(lease)
       lease.expire()
-    } else if (lease.tickMs < finest) {
-      finest = lease.tickMs
+    } else if (lease.timeoutMs < shortest) {
+      shortest = lease.timeoutMs
     }
   }
   if (inflight.length === 0) {
     clearInterval(deadlineTimer)
     deadlineTimer = undefined
+    armedForMs = 0
     tickMs = 0
-  } else if (finest > tickMs) {
-    arm(finest) // the statement that needed the finer tick has settled
+  } else if (shortest > armedForMs) {
+    arm(shortest) // the statement that needed the finer tick has settled
   }
 }
 
@@ -99,7 +104,7 @@ function watch(lease: Lease): void {
   if (lease.slot !== -1) return
   lease.slot = inflight.length
   inflight.push(lease)
-  if (deadlineTimer === undefined || lease.tickMs < tickMs) arm(lease.tickMs)
+  if (deadlineTimer === undefined || lease.timeoutMs < armedForMs) arm(lease.timeoutMs)
 }
 
 function unwatch(lease: Lease): void {
@@ -173,8 +178,6 @@ export class Lease {
   deadlineAt = 0
   /** Index in the in-flight list while a deadline is armed; -1: not in it. */
   slot = -1
-  /** Sweep tick this statement's timeout needs (deadlineTickMs). */
-  tickMs = MAX_TICK_MS
   #timeoutMs = 0
   #released = false
   #aborted = false
@@ -208,6 +211,21 @@ export class Lease {
     return this.broken || connectionLost(this.client)
   }
 
+  /** The bound of the statement in flight (or the last one), in ms; 0: none. */
+  get timeoutMs(): number {
+    return this.#timeoutMs
+  }
+
+  /** A statement is about to be handed to pg: it counts as sent unless the connection is gone; `timeoutMs` > 0 arms its deadline. */
+  #begin(timeoutMs: number): void {
+    this.sent = !connectionLost(this.client)
+    if (timeoutMs > 0) {
+      this.#timeoutMs = timeoutMs
+      this.deadlineAt = performance.now() + timeoutMs
+      watch(this)
+    }
+  }
+
   /**
    * Starts one statement and returns pg's own promise (no wrapper); `timeoutMs` > 0 arms the
    * coarse deadline. Call `settled()` once it settled, and map a rejection with
@@ -218,13 +236,7 @@ export class Lease {
     values: unknown[] | undefined,
     timeoutMs: number,
   ): Promise<pg.QueryResult<R>> {
-    this.sent = !connectionLost(this.client)
-    if (timeoutMs > 0) {
-      this.#timeoutMs = timeoutMs
-      this.tickMs = deadlineTickMs(timeoutMs)
-      this.deadlineAt = performance.now() + timeoutMs
-      watch(this)
-    }
+    this.#begin(timeoutMs)
     return this.client.query<R>(text as pg.QueryConfig, values as unknown[])
   }
 
@@ -238,13 +250,7 @@ export class Lease {
     timeoutMs: number,
     cb: (err: unknown, result?: pg.QueryResult<R>) => void,
   ): void {
-    this.sent = !connectionLost(this.client)
-    if (timeoutMs > 0) {
-      this.#timeoutMs = timeoutMs
-      this.tickMs = deadlineTickMs(timeoutMs)
-      this.deadlineAt = performance.now() + timeoutMs
-      watch(this)
-    }
+    this.#begin(timeoutMs)
     const done = (err: Error | null, r: pg.QueryResult<R>) => {
       this.settled()
       if (err) cb(this.failure(err))
