@@ -615,6 +615,7 @@ export class Lab {
       )
       if (left.length > 0) throw new Error(`member ${name} did not die (pids ${left.join(' ')})`)
     }
+    await waitUntilRefused(`the stopped ${name}`, [member.apiPort, member.port])
     this.#log(`stopped ${name}${opts.graceful ? ' (graceful)' : ' (kill -9)'}`)
     delete member.pid
     this.#save()
@@ -1366,13 +1367,7 @@ export class Lab {
     }
     const left = await waitForExit([node.pid], 5000)
     if (left.length > 0) throw new Error(`${node.name} (pid ${node.pid}) did not die`)
-    // Dead is not yet closed: until the kernel has torn its listening socket down, a connect
-    // can still land in the old backlog and be reset. Resolve once the port refuses.
-    await waitFor(
-      `port ${node.port} of the killed ${node.name} to refuse connections`,
-      async () => ((await portRefuses(node.port)) ? true : undefined),
-      { timeoutMs: 5000, intervalMs: 20 },
-    )
+    await waitUntilRefused(`the killed ${node.name}`, [node.port])
     this.#log(`killed ${node.name} (pid ${node.pid})`)
     delete node.pid
     this.#save()
@@ -1667,6 +1662,22 @@ export async function startLab(options: LabOptions = {}): Promise<Lab> {
     await lab.down().catch(() => {})
     throw err
   }
+}
+
+/**
+ * Dead is not yet closed: until the kernel has torn a killed server's listening socket down, a
+ * connect can still land in the old backlog and be reset (ECONNRESET instead of ECONNREFUSED,
+ * seen in CI for Redis and for Patroni's REST API). Resolves once every port refuses.
+ */
+async function waitUntilRefused(what: string, ports: number[]): Promise<void> {
+  await waitFor(
+    `port(s) ${ports.join(', ')} of ${what} to refuse connections`,
+    async () => {
+      for (const port of ports) if (!(await portRefuses(port))) return undefined
+      return true
+    },
+    { timeoutMs: 5000, intervalMs: 20 },
+  )
 }
 
 /** True when a TCP connect to 127.0.0.1:port is refused (nothing listens there). */
