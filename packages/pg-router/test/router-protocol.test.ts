@@ -50,7 +50,8 @@ function primary(extra: (sql: string) => FakeAnswer | undefined = () => undefine
     if (e) return e
     if (sql.includes('pg_is_in_recovery() AS r') && !sql.includes('CASE'))
       return { rows: ['f'], type: 'bool' }
-    if (sql.includes('CASE WHEN')) return { rows: ['0/3000060'] }
+    if (sql.includes('CASE WHEN'))
+      return { row: { lsn: '0/3000060', f: '000000010000000000000003', r: false } }
     return { rows: ['1'] }
   }
 }
@@ -317,8 +318,8 @@ describe('read-your-writes across a failover (fake members)', () => {
         return { rows: [state.aPrimary ? 'f' : 't'], type: 'bool' }
       if (sql.includes('CASE WHEN'))
         return state.aPrimary
-          ? { row: { lsn: '0/9000000', f: '000000010000000000000009', r: 'f' } }
-          : { row: { lsn: null, f: null, r: 't' } }
+          ? { row: { lsn: '0/9000000', f: '000000010000000000000009', r: false } }
+          : { row: { lsn: null, f: null, r: true } }
       if (sql.includes('pg_last_wal_replay_lsn')) return { row: { lsn: state.aReplay, tl: null } }
       if (sql.includes('pg_current_wal_lsn()::text AS lsn'))
         return { row: { lsn: '0/9000000', f: '000000010000000000000009' } }
@@ -333,7 +334,7 @@ describe('read-your-writes across a failover (fake members)', () => {
       if (sql === 'SELECT pg_is_in_recovery() AS r')
         return { rows: [bState.primary ? 'f' : 't'], type: 'bool' }
       if (sql.includes('CASE WHEN'))
-        return { row: { lsn: '0/5000000', f: '000000020000000000000005', r: bState.primary ? 'f' : 't' } }
+        return { row: { lsn: '0/5000000', f: '000000020000000000000005', r: !bState.primary } }
       if (sql.includes('pg_last_wal_replay_lsn')) return { row: { lsn: '0/9000000', tl: '1' } }
       if (sql.includes('pg_current_wal_lsn()::text AS lsn'))
         return { row: { lsn: '0/5000000', f: '000000020000000000000005' } }
