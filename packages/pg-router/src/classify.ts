@@ -170,3 +170,45 @@ export function mayRetry(cls: ErrorClass, kind: 'read' | 'write' | 'idempotent-w
       return false
   }
 }
+
+/** The statement (txid null) or COMMIT (txid set) may have reached the server, and no answer came. */
+export function commitUnknown(
+  err: unknown,
+  member: string,
+  txid: string | null,
+  c: Classification,
+): ResilientError {
+  return new ResilientError(
+    'E_COMMIT_UNKNOWN',
+    txid === null
+      ? `the connection to ${member} was lost after the statement was sent: it may or may not have been applied`
+      : `the connection to ${member} was lost after COMMIT was sent: transaction ${txid} may or may not have committed`,
+    { cause: err, details: { member, txid, sqlState: c.sqlState, errorCode: c.errorCode } },
+  )
+}
+
+/**
+ * A transaction whose connection died before COMMIT was sent: the server rolled it back, so it
+ * certainly did not commit and running it again is safe (as far as the database goes).
+ */
+export function notCommitted(err: unknown, member: string, c: Classification, stage: string): ResilientError {
+  return new ResilientError(
+    'E_NO_PRIMARY',
+    `the connection to ${member} was lost ${stage}: the transaction did not commit and may be retried`,
+    {
+      cause: err,
+      details: {
+        member,
+        reason: 'connection-lost',
+        committed: false,
+        retryable: true,
+        sqlState: c.sqlState,
+        errorCode: c.errorCode,
+      },
+    },
+  )
+}
+
+export function isNotCommitted(err: unknown): err is ResilientError {
+  return ResilientError.is(err, 'E_NO_PRIMARY') && err.details.reason === 'connection-lost'
+}
