@@ -13,7 +13,7 @@ export interface Member {
   /** Lag as discovery reported it (Patroni refreshes it once per HA loop). */
   reportedLagBytes: number | null
   /**
-   * `pg_last_wal_replay_lsn()` (replicas) or `pg_current_wal_lsn()` (primary) at the last
+   * `pg_last_wal_replay_lsn()` (replicas) or `pg_current_wal_insert_lsn()` (primary) at the last
    * poll. Reset to null when the member's role, timeline or pool generation changes.
    */
   lsn: bigint | null

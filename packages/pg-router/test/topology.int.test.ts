@@ -190,6 +190,41 @@ describe('which replicas serve plain reads', () => {
   })
 })
 
+describe('read-your-writes positions', () => {
+  it('with synchronous_commit = off, a token covers the commit record: a resumed session always reads its write', async () => {
+    const db = router({
+      connection: {
+        user: lab.postgres.user,
+        password: lab.postgres.password,
+        database: lab.postgres.database,
+        options: '-c synchronous_commit=off',
+      },
+      monitor: { intervalMs: 200 },
+      session: { maxWaitMs: 1_000 },
+    })
+    await db.ready({ timeoutMs: 15_000 })
+    await until('both replicas serving', () => db.topology().replicas.filter((r) => r.healthy).length === 2)
+    await db.write('CREATE TABLE ryw_async (id int PRIMARY KEY, at text)')
+    let before = 0
+    let missed = 0
+    for (let i = 0; i < 40; i++) {
+      const s = db.session()
+      // the insert pointer before the commit record: the token must be past it
+      const w = await s.write<{ at: string }>(
+        'INSERT INTO ryw_async (id, at) VALUES ($1, pg_current_wal_insert_lsn()::text) RETURNING at',
+        [i],
+      )
+      const [hi, lo] = w.rows[0]!.at.split('/').map((x) => BigInt(`0x${x}`))
+      const [thi, tlo] = s.lsn!.split('/').map((x) => BigInt(`0x${x}`))
+      if ((thi! << 32n) + tlo! <= (hi! << 32n) + lo!) before++
+      const r = await db.session(s.token).read('SELECT count(*)::int AS n FROM ryw_async WHERE id = $1', [i])
+      if (r.rows[0].n !== 1) missed++
+    }
+    expect(missed).toBe(0)
+    expect(before).toBe(0)
+  })
+})
+
 /** An HTTP proxy on port 0 in front of the lab's Patroni endpoints that records when each GET /cluster came. */
 async function countingProxy(
   targets: string[],
