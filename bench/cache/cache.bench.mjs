@@ -19,7 +19,7 @@
  *       OPEN_CALLS (default 20000), SECTIONS (default ABCDE: which sections to run),
  *       BASELINE_CACHE (optional: the path of another build's dist/index.js, e.g. a copy of
  *       packages/cache/dist from an older commit with its own @resilient/core; adds a row for
- *       its getOrLoad to sections A and E, side by side)
+ *       its getOrLoad to sections A, B, C and E, side by side)
  * Out:  markdown tables on stdout and bench/out/cache.json
  *
  * Configured comparably: the same value (a ~1 KB JSON object), the same Redis, TTL 60 s;
@@ -84,6 +84,8 @@ try {
     : undefined
   const baseL2 = createBaseline?.({ redis: { host, port }, namespace: 'base-l2', ttlMs: TTL, l1: false })
   if (baseL2) closers.push(() => baseL2.close())
+  const baseL1 = createBaseline?.({ redis: { host, port }, namespace: 'base-l1', ttlMs: TTL })
+  if (baseL1) closers.push(() => baseL1.close())
   const oursL1 = createCache({ redis: { host, port }, namespace: 'ours-l1', ttlMs: TTL })
   closers.push(
     () => oursL2.close(),
@@ -126,12 +128,13 @@ try {
   while (
     oursL2.stats().redisStatus !== 'ready' ||
     oursL1.stats().redisStatus !== 'ready' ||
-    (baseL2 && baseL2.stats().redisStatus !== 'ready')
+    (baseL2 && baseL2.stats().redisStatus !== 'ready') ||
+    (baseL1 && baseL1.stats().redisStatus !== 'ready')
   ) {
     await new Promise((r) => setTimeout(r, 10))
   }
   // prime every cache with the hot key
-  for (const c of [oursL2, oursL1, ...(baseL2 ? [baseL2] : [])]) {
+  for (const c of [oursL2, oursL1, ...(baseL2 ? [baseL2, baseL1] : [])]) {
     await c.getOrLoad('book', loader)
     await c.flush()
   }
@@ -169,6 +172,7 @@ try {
       {
         'lru-cache get (bare)': () => lru.get('book'),
         '@resilient/cache getOrLoad (L1 hit)': () => oursL1.getOrLoad('book', loader),
+        ...(baseL1 ? { 'baseline build getOrLoad (L1 hit)': () => baseL1.getOrLoad('book', loader) } : {}),
         'bentocache getOrSet (L1 hit)': () => bentoL1.getOrSet({ key: 'book', factory: loader, ttl: TTL }),
         'cache-manager wrap (memory store hit)': () => cmL1.wrap('book', loader, TTL),
       },
@@ -192,6 +196,14 @@ try {
           await oursL1.getOrLoad(`miss:${n++}`, loader)
           await oursL1.flush()
         },
+        ...(baseL1
+          ? {
+              'baseline build getOrLoad + flush': async () => {
+                await baseL1.getOrLoad(`miss:${n++}`, loader)
+                await baseL1.flush()
+              },
+            }
+          : {}),
         'bentocache getOrSet': () => bentoL1.getOrSet({ key: `miss:${n++}`, factory: loader, ttl: TTL }),
         'cache-manager wrap': () => cmL1.wrap(`miss:${n++}`, loader, TTL),
       },

@@ -18,10 +18,10 @@ export function createApp({ db, cache, health, exposeDebug = false }) {
   app.disable('x-powered-by')
   app.use(express.json({ limit: '16kb' }))
 
-  // GET /healthz (liveness), GET /ready (readiness), GET /metrics (Prometheus text), all
-  // answered from the state the SDK refreshes once per interval: a probe never sends a
-  // query of its own.
-  app.use(healthRoutes(health, { metricsPath: '/metrics' }))
+  // GET /healthz (liveness), GET /ready (readiness): statuses only, answered from the state
+  // the SDK refreshes once per interval (a probe never sends a query of its own). The
+  // details and /metrics are on the admin listener (server.js), not on this public port.
+  app.use(healthRoutes(health))
 
   // Read-your-writes: req.db = db.session(token from the x-ryw-token header); once the
   // handler's writes are done, the session's new token goes back in the same header.

@@ -10,7 +10,11 @@ import { start } from '../src/server.js'
 
 const here = (p: string) => new URL(`../${p}`, import.meta.url)
 let lab: Lab
-let service: { url: string; close: (o?: { drainDelayMs?: number }) => Promise<unknown> }
+let service: {
+  url: string
+  admin: { url: string }
+  close: (o?: { drainDelayMs?: number }) => Promise<unknown>
+}
 
 beforeAll(async () => {
   lab = await startLab({ nodes: 2, redis: true })
@@ -26,6 +30,7 @@ beforeAll(async () => {
     redis: lab.redis,
     drainDelayMs: 300,
     exposeDebug: true,
+    adminPort: 0,
   })
   await until(async () => (await get('/ready')).status === 200, 20_000, 'ready')
 })
@@ -78,9 +83,19 @@ describe('probes', () => {
     expect(ready.status).toBe(200)
     expect(ready.headers.get('content-type')).toContain('application/health+json')
     expect(ready.json.status).toBe('pass')
-    const metrics = await get('/metrics')
+    // Outsiders get statuses only; member names and metrics are on the admin port.
+    expect(ready.json).toEqual({
+      status: 'pass',
+      checks: { postgres: [{ status: 'pass' }], redis: [{ status: 'pass' }] },
+    })
+    expect((await get('/ready?verbose=1')).text).toBe(ready.text)
+    expect((await get('/metrics')).status).toBe(404)
+    const admin = await fetch(`${service.admin.url}/ready`)
+    const primary = (await lab.primary())!.name
+    expect(((await admin.json()) as any).checks['postgres:discoveryAge'][0].componentId).toBe(primary)
+    const metrics = await fetch(`${service.admin.url}/metrics`)
     expect(metrics.status).toBe(200)
-    expect(metrics.text).toMatch(/^resilient_health_ready 1$/m)
+    expect(await metrics.text()).toMatch(/^resilient_health_ready 1$/m)
   })
 })
 

@@ -15,10 +15,11 @@ export async function createApp({ db, cache, health, exposeDebug = false, logger
   const library = createLibrary({ db, cache })
   const app = Fastify({ logger, bodyLimit: 16 * 1024 })
 
-  // GET /healthz (liveness), GET /ready (readiness), GET /metrics (Prometheus text), all
-  // answered from the state the SDK refreshes once per interval. The plugin also ties
-  // health.shutdown() to app.close(): readiness fails, requests drain, then resources close.
-  await app.register(healthPlugin, { health, metricsPath: '/metrics' })
+  // GET /healthz (liveness), GET /ready (readiness): statuses only, answered from the state
+  // the SDK refreshes once per interval. The details and /metrics are on the admin listener
+  // (server.js). The plugin also ties health.shutdown() to app.close(): readiness fails,
+  // requests drain, then resources close.
+  await app.register(healthPlugin, { health })
 
   // Read-your-writes: request.db = db.session(token from the x-ryw-token header); the
   // session's new token goes back in the same header (onSend).

@@ -12,6 +12,8 @@
  * @property {{ host: string, port: number }} redis
  * @property {number | undefined} drainDelayMs
  * @property {boolean} exposeDebug
+ * @property {number | undefined} adminPort
+ * @property {string | undefined} adminHost
  */
 
 /**
@@ -38,6 +40,9 @@ export function configFromEnv(env = process.env) {
     redis: { host: env.REDIS_HOST || '127.0.0.1', port: int(env.REDIS_PORT, 6379, 'REDIS_PORT') },
     drainDelayMs: optionalInt(env.DRAIN_DELAY_MS, 'DRAIN_DELAY_MS'),
     exposeDebug: env.EXPOSE_DEBUG === '1',
+    // The admin listener (verbose /ready, /metrics, breakers): never put it in a Service.
+    adminPort: int(env.ADMIN_PORT, 9464, 'ADMIN_PORT'),
+    adminHost: env.ADMIN_HOST || undefined,
   }
 }
 

@@ -40,9 +40,11 @@ export async function start(config) {
 
   const app = await createApp({ db, cache, health, exposeDebug: config.exposeDebug })
   await app.listen({ port: config.port, host: config.host })
+  const admin = await listenAdmin(health, config)
   const address = /** @type {import('node:net').AddressInfo} */ (app.server.address())
   return {
     url: `http://127.0.0.1:${address.port}`,
+    admin,
     app,
     db,
     cache,
@@ -52,9 +54,23 @@ export async function start(config) {
   }
 }
 
+/**
+ * Verbose /ready and /healthz (member names, outputs, breakers), /metrics and
+ * /health/circuit-breakers on a port of their own, for operators and Prometheus only; the
+ * public port answers statuses only. Closed when health's shutdown ends.
+ * @param {any} health @param {import('./config.js').LibraryConfig} config
+ */
+function listenAdmin(health, config) {
+  if (config.adminPort === undefined) return Promise.resolve(undefined)
+  return health.listenAdmin({
+    port: config.adminPort,
+    ...(config.adminHost ? { host: config.adminHost } : {}),
+  })
+}
+
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
   const service = await start(configFromEnv())
   // SIGTERM (Kubernetes) and SIGINT (Ctrl-C): drain, close, exit 0 (1 if something did not close).
   service.health.handleSignals()
-  console.log(`library listening on ${service.url}`)
+  console.log(`library listening on ${service.url}, admin on ${service.admin?.url ?? 'none'}`)
 }

@@ -1,17 +1,3 @@
-export type {
-  Cache,
-  CacheStats,
-  CheckResult,
-  FillDiscardedEvent,
-  GetOrLoadOptions,
-  InvalidationEvent,
-  Loader,
-  LoaderErrorEvent,
-  RedisErrorEvent,
-  SetOptions,
-  StaleEvent,
-  StaleReason,
-} from './cache.js'
 export { createCache } from './cache.js'
 export type { CacheChannelName } from './channels.js'
 export { channelNames, channels } from './channels.js'
@@ -25,3 +11,17 @@ export type {
 export { DEFAULT_CACHE_OPTIONS } from './options.js'
 export type { Serializer } from './serializer.js'
 export { jsonSerializer } from './serializer.js'
+export type {
+  Cache,
+  CacheStats,
+  CheckResult,
+  FillDiscardedEvent,
+  GetOrLoadOptions,
+  InvalidationEvent,
+  Loader,
+  LoaderErrorEvent,
+  RedisErrorEvent,
+  SetOptions,
+  StaleEvent,
+  StaleReason,
+} from './types.js'

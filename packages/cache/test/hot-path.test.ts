@@ -2,9 +2,10 @@ import { type Cache, createCache } from '@resilient/cache'
 import { ResilientError } from '@resilient/core'
 import { type Command, Redis } from 'ioredis'
 import { afterEach, describe, expect, it, vi } from 'vitest'
+import type { RedisClient } from '../src/client.js'
+import { DeadlineGuard } from '../src/deadline.js'
 import { decodeL2, encodeL2 } from '../src/entry.js'
 import { KeyedMap } from '../src/keyed.js'
-import { DeadlineGuard, type RedisClient } from '../src/redis.js'
 import { jsonSerializer } from '../src/serializer.js'
 
 // The L2-hit path and the pieces it is built of: no server (an ioredis client whose
@@ -200,7 +201,7 @@ describe('decodeL2', () => {
 
 describe('clients the cache creates', () => {
   it('the main client has no per-command timer (the deadline guard bounds it); the subscriber keeps commandTimeout', async () => {
-    const { createOwnedClient, createSubscriber } = await import('../src/redis.js')
+    const { createOwnedClient, createSubscriber } = await import('../src/client.js')
     const client = createOwnedClient({ host: '127.0.0.1', port: 1, retryStrategy: () => null }, 80)
     client.on('error', () => {})
     const sub = createSubscriber(client, 80) as Redis

@@ -16,6 +16,8 @@ export interface HealthRoutesOptions<R extends RouterLike = RouterLike> {
 /** The part of an Express Router (4 or 5) this uses. */
 export interface RouterLike {
   get(path: string, handler: NodeHandler): unknown
+  /** Probe routes take every method: GET and HEAD are answered, others get 405 with `Allow`. */
+  all(path: string, handler: NodeHandler): unknown
 }
 
 export const DEFAULT_HEALTH_ROUTES_OPTIONS = {
@@ -31,7 +33,8 @@ function path(value: unknown, field: string): string {
 }
 
 /**
- * An Express Router with GET (and HEAD) /healthz and /ready: `app.use(healthRoutes(health))`.
+ * An Express Router with GET (and HEAD) /healthz and /ready, 405 for other methods:
+ * `app.use(healthRoutes(health))`.
  * Works with Express 5 and 4: the handlers are plain node:http handlers.
  */
 export function healthRoutes(health: Health, options?: HealthRoutesOptions<never>): express.Router
@@ -45,9 +48,10 @@ export function healthRoutes(health: Health, options: HealthRoutesOptions<Router
     throw configError('health', 'a Health from createHealth()', health)
   const d = DEFAULT_HEALTH_ROUTES_OPTIONS
   const router: RouterLike = options.router ?? express.Router()
-  router.get(path(options.livenessPath ?? d.livenessPath, 'livenessPath'), health.liveness)
-  router.get(path(options.readinessPath ?? d.readinessPath, 'readinessPath'), health.readiness)
+  // all(): the handlers answer GET and HEAD, and 405 with `Allow: GET, HEAD` to anything else.
+  router.all(path(options.livenessPath ?? d.livenessPath, 'livenessPath'), health.liveness)
+  router.all(path(options.readinessPath ?? d.readinessPath, 'readinessPath'), health.readiness)
   const metricsPath = options.metricsPath ?? d.metricsPath
-  if (metricsPath !== false) router.get(path(metricsPath, 'metricsPath'), health.metrics)
+  if (metricsPath !== false) router.all(path(metricsPath, 'metricsPath'), health.metrics)
   return router
 }

@@ -3,6 +3,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest, LogLevel } from 'fa
 import fp from 'fastify-plugin'
 import { startDraining, track } from './drain.js'
 import type { Health, ProbeResponse } from './health.js'
+import { METHOD_NOT_ALLOWED } from './http.js'
 
 export interface HealthPluginOptions {
   /** The Health from createHealth(). */
@@ -65,16 +66,31 @@ async function healthPlugin(fastify: FastifyInstance, options: HealthPluginOptio
     checkOneOf(v, 'logLevel', LEVELS),
   )
 
+  const probe = (req: FastifyRequest) => ({
+    url: req.url,
+    authorization: req.headers.authorization,
+    method: req.method,
+  })
   fastify.get(livenessPath, { logLevel }, (req: FastifyRequest, reply: FastifyReply) =>
-    send(reply, health.livenessResponse({ url: req.url })),
+    send(reply, health.livenessResponse(probe(req))),
   )
   fastify.get(readinessPath, { logLevel }, (req: FastifyRequest, reply: FastifyReply) =>
-    send(reply, health.readinessResponse({ url: req.url })),
+    send(reply, health.readinessResponse(probe(req))),
   )
   if (metricsPath) {
     fastify.get(metricsPath, { logLevel }, (req: FastifyRequest, reply: FastifyReply) => {
       reply.hijack()
       health.metrics(req.raw, reply.raw)
+    })
+  }
+  // Every other method on a probe route: 405 with `Allow: GET, HEAD`.
+  const others = fastify.supportedMethods.filter((m) => m !== 'GET' && m !== 'HEAD')
+  for (const url of [livenessPath, readinessPath, ...(metricsPath ? [metricsPath] : [])]) {
+    fastify.route({
+      method: others,
+      url,
+      logLevel,
+      handler: (_req, reply) => send(reply, METHOD_NOT_ALLOWED),
     })
   }
 

@@ -9,10 +9,13 @@ import {
   toDisposable,
   withTimeout,
 } from '@resilient/core'
+import { verboseGate } from './access.js'
+import { type AdminListener, type AdminOptions, listenAdmin } from './admin.js'
 import { channels, publish } from './channels.js'
 import { type CheckChange, CheckRunner } from './checks.js'
 import { type ClosableServer, type DrainResult, drainServer, track, untrack } from './drain.js'
 import { type LoopMonitor, monitorEventLoop } from './event-loop.js'
+import { isProbeMethod, jsonResponse, METHOD_NOT_ALLOWED, type ProbeResponse, writeResponse } from './http.js'
 import {
   checkServer,
   type HealthOptions,
@@ -21,7 +24,7 @@ import {
   resolveSignalOptions,
   type SignalOptions,
 } from './options.js'
-import { buildReport, type HealthReport, readinessStatus } from './report.js'
+import { buildPublicReport, buildReport, type HealthReport, readinessStatus } from './report.js'
 import { type CheckStatus, errorOutput } from './result.js'
 
 export type HealthState = 'serving' | 'draining' | 'closing' | 'closed'
@@ -64,18 +67,17 @@ export interface ShutdownOptions {
   drainDelayMs?: number
 }
 
-/** What an adapter writes: status code, headers and the serialized body. */
-export interface ProbeResponse {
-  statusCode: number
-  headers: Record<string, string | number>
-  body: string
-}
+export type { ProbeResponse }
 
 export interface ProbeOptions {
-  /** Overrides HealthOptions.verbose. */
+  /** Overrides HealthOptions.verbose (the admin listener passes `true`). */
   verbose?: boolean
   /** The request URL: with `verbose: 'query'`, `?verbose=1` selects the verbose view. */
   url?: string
+  /** The request's Authorization header: with `verbose: { token }`, `Bearer <token>` selects the verbose view. */
+  authorization?: string | undefined
+  /** The request method: anything but GET and HEAD gets 405 with `Allow: GET, HEAD`. @default 'GET' */
+  method?: string
 }
 
 export type NodeHandler = (req: IncomingMessage, res: ServerResponse) => void
@@ -114,41 +116,15 @@ export interface Health {
   onShutdownPhase(listener: (event: ShutdownPhaseEvent) => void): Disposable
   /** How many times each check function was called (for tests and metrics). */
   checkCalls(): Record<string, number>
+  /**
+   * Starts the admin listener on a port of its own: verbose /healthz and /ready, /metrics and
+   * /health/circuit-breakers. Binds 127.0.0.1 unless told otherwise; closes when shutdown ends.
+   */
+  listenAdmin(options: AdminOptions): Promise<AdminListener>
 }
 
-const HEALTH_JSON = 'application/health+json'
-
-interface CachedBody {
-  statusCode: number
-  headers: Record<string, string | number>
-  body: string
-}
-
-function probeResponse(statusCode: number, report: object): CachedBody {
-  const body = JSON.stringify(report)
-  return {
-    statusCode,
-    body,
-    headers: {
-      'content-type': HEALTH_JSON,
-      'cache-control': 'no-store',
-      'content-length': Buffer.byteLength(body),
-    },
-  }
-}
-
-function write(req: IncomingMessage, res: ServerResponse, r: ProbeResponse): void {
-  res.writeHead(r.statusCode, r.headers)
-  res.end(req.method === 'HEAD' ? undefined : r.body)
-}
-
-function queryVerbose(url: string | undefined): boolean {
-  if (!url) return false
-  const q = url.indexOf('?')
-  if (q < 0) return false
-  const v = new URLSearchParams(url.slice(q + 1)).get('verbose')
-  return v !== null && v !== '0' && v !== 'false'
-}
+type CachedBody = ProbeResponse
+const probeResponse = jsonResponse
 
 export function createHealth(options?: HealthOptions): Health {
   const o: ResolvedOptions = resolveOptions(options)
@@ -160,6 +136,7 @@ export function createHealth(options?: HealthOptions): Health {
   let state: HealthState = 'serving'
   let started = false
   let cachedReady: CachedBody | undefined
+  const gate = verboseGate(o.verbose)
   let lastStatus: CheckStatus | undefined
   const servers = new Set<ClosableServer>()
   const resources = new Map<symbol, [string, () => unknown]>()
@@ -231,27 +208,34 @@ export function createHealth(options?: HealthOptions): Health {
   }
 
   const verboseFor = (opts: ProbeOptions | undefined): boolean =>
-    opts?.verbose ?? (o.verbose === 'query' ? queryVerbose(opts?.url) : o.verbose)
+    opts?.verbose ?? gate(opts?.url, opts?.authorization)
 
   const readinessResponse = (opts?: ProbeOptions): ProbeResponse => {
+    if (opts?.method !== undefined && !isProbeMethod(opts.method)) return METHOD_NOT_ALLOWED
     touch()
-    const verbose = verboseFor(opts)
-    if (verbose) {
+    if (verboseFor(opts)) {
       const r = report({ verbose: true })
       return probeResponse(r.status === 'fail' ? 503 : 200, r)
     }
     if (!cachedReady) {
-      const r = report({ verbose: false })
+      const r = buildPublicReport({
+        runners,
+        shuttingDown: state !== 'serving',
+        readyBeforeFirstCheck: o.readyBeforeFirstCheck,
+      })
       cachedReady = probeResponse(r.status === 'fail' ? 503 : 200, r)
     }
     return cachedReady
   }
 
   const livePass = probeResponse(200, { status: 'pass' })
+  const liveFail = probeResponse(503, { status: 'fail' })
   const livenessResponse = (opts?: ProbeOptions): ProbeResponse => {
+    if (opts?.method !== undefined && !isProbeMethod(opts.method)) return METHOD_NOT_ALLOWED
     const s = loop?.status()
     const verbose = verboseFor(opts)
     if (!s || (s.healthy && !verbose)) return livePass
+    if (!verbose) return liveFail
     const max = (o.eventLoop as { maxDelayMs: number }).maxDelayMs
     const entry = {
       componentId: 'eventLoop',
@@ -268,11 +252,17 @@ export function createHealth(options?: HealthOptions): Health {
     })
   }
 
-  const liveness: NodeHandler = (req, res) => write(req, res, livenessResponse({ url: req.url }))
-  const readiness: NodeHandler = (req, res) => write(req, res, readinessResponse({ url: req.url }))
+  const fromRequest = (req: IncomingMessage): ProbeOptions => ({
+    url: req.url,
+    authorization: req.headers.authorization,
+    method: req.method ?? 'GET',
+  })
+  const liveness: NodeHandler = (req, res) => writeResponse(req, res, livenessResponse(fromRequest(req)))
+  const readiness: NodeHandler = (req, res) => writeResponse(req, res, readinessResponse(fromRequest(req)))
 
   let metricsHandler: Promise<NodeHandler> | undefined
   const metrics: NodeHandler = (req, res) => {
+    if (!isProbeMethod(req.method)) return writeResponse(req, res, METHOD_NOT_ALLOWED)
     metricsHandler ??= import('./metrics.js').then((m) => m.createMetricsHandler(health))
     metricsHandler.then(
       (h) => h(req, res),
@@ -411,6 +401,7 @@ export function createHealth(options?: HealthOptions): Health {
       for (const r of runners) out[r.def.name] = r.calls
       return out
     },
+    listenAdmin: (opts) => listenAdmin(health, opts),
   }
 
   if (o.handleSignals) handleSignals(o.handleSignals)

@@ -9,6 +9,7 @@ import {
   configError,
   optional,
 } from '@resilient/core'
+import { digestToken, type ResolvedVerbose, type VerboseMode } from './access.js'
 import type { ClosableServer } from './drain.js'
 import type { CheckFunction } from './result.js'
 
@@ -56,8 +57,15 @@ export interface HealthOptions {
   readyBeforeFirstCheck?: boolean
   /** Event-loop delay watch for liveness; `false` turns it off. @default { maxDelayMs: 2_000, sampleMs: 100, windowMs: 5_000 } */
   eventLoop?: EventLoopOptions | false
-  /** `'query'`: `?verbose=1` adds details and breakers; `true`: always; `false`: never. @default 'query' */
-  verbose?: boolean | 'query'
+  /**
+   * Who gets the verbose view (details, criticality, component ids and outputs, breakers) on
+   * the probe routes. `false`: nobody (public routes answer only statuses; use the admin
+   * listener, `health.listenAdmin()`); `{ token }`: requests with `Authorization: Bearer <token>`
+   * (a list rotates tokens; compared in constant time, kept only as a digest); `'query'`:
+   * anyone sending `?verbose=1`, and `true`: always (both only for ports nobody outside reaches).
+   * @default false
+   */
+  verbose?: VerboseMode
   /** Servers to drain on shutdown (also `health.attachServer`). @default [] */
   servers?: ClosableServer[]
   /** Resources closed on shutdown, by name (also `health.onShutdown(name, fn)`). @default {} */
@@ -92,7 +100,7 @@ export const DEFAULT_HEALTH_OPTIONS = {
   shutdownTimeoutMs: 10_000,
   readyBeforeFirstCheck: false,
   eventLoop: DEFAULT_EVENT_LOOP_OPTIONS,
-  verbose: 'query',
+  verbose: false,
   servers: [],
   resources: {},
   handleSignals: false,
@@ -116,7 +124,7 @@ export interface ResolvedOptions {
   shutdownTimeoutMs: number
   readyBeforeFirstCheck: boolean
   eventLoop: Required<EventLoopOptions> | false
-  verbose: boolean | 'query'
+  verbose: ResolvedVerbose
   servers: ClosableServer[]
   resources: [string, () => unknown][]
   handleSignals: Required<SignalOptions> | false
@@ -241,9 +249,7 @@ export function resolveOptions(options: unknown): ResolvedOptions {
       checkBoolean(v, 'health.readyBeforeFirstCheck'),
     ),
     eventLoop,
-    verbose: optional(o.verbose, d.verbose as boolean | 'query', (v) =>
-      v === 'query' ? 'query' : checkBoolean(v, 'health.verbose'),
-    ),
+    verbose: optional(o.verbose, d.verbose as ResolvedVerbose, resolveVerbose),
     servers,
     resources,
     handleSignals:
@@ -264,4 +270,28 @@ export function checkServer(value: unknown, field: string): ClosableServer {
     throw configError(field, 'a server (an object with close())', value)
   }
   return value as ClosableServer
+}
+
+/** Shortest token accepted for the verbose view (a guessable token is no protection). */
+export const MIN_TOKEN_LENGTH = 16
+
+export function resolveTokens(value: unknown, field: string): Buffer[] {
+  const list = Array.isArray(value) ? value : [value]
+  if (list.length === 0) throw configError(field, 'a token or a non-empty list of tokens', value)
+  return list.map((t, i) => {
+    const f = Array.isArray(value) ? `${field}[${i}]` : field
+    if (typeof t !== 'string' || t.length < MIN_TOKEN_LENGTH || t.length > 1024)
+      throw configError(f, `a string of ${MIN_TOKEN_LENGTH} to 1024 characters`, t)
+    return digestToken(t)
+  })
+}
+
+function resolveVerbose(v: unknown): ResolvedVerbose {
+  if (v === 'query' || v === true || v === false) return v
+  if (typeof v === 'object' && v !== null && !Array.isArray(v)) {
+    const o = checkObject(v, 'health.verbose')
+    checkKnownKeys(o, 'health.verbose', ['token'])
+    return { digests: resolveTokens(o.token, 'health.verbose.token') }
+  }
+  throw configError('health.verbose', "false, true, 'query' or { token }", v)
 }

@@ -116,3 +116,32 @@ function push(checks: Record<string, CheckEntry[]>, key: string, entry: CheckEnt
   if (list) list.push(entry)
   else checks[key] = [entry]
 }
+
+/** One entry of the public view: the check's status, nothing that names a member or an address. */
+export interface PublicCheckEntry {
+  status: CheckStatus
+}
+
+/** What the public probe routes answer: statuses only. The details live on the admin listener. */
+export interface PublicReport {
+  status: CheckStatus
+  /** 'shutting down' or 'checks have not completed yet': never a check's own output. */
+  output?: string
+  /** One entry per check, keyed by the check's name (no measurement, no component). */
+  checks: Record<string, PublicCheckEntry[]>
+}
+
+/** The readiness body for outsiders: the top-level status and each check's worst status. */
+export function buildPublicReport(input: Omit<ReportInput, 'verbose' | 'service'>): PublicReport {
+  const status = readinessStatus(input)
+  const report: PublicReport = { status, checks: {} }
+  if (input.shuttingDown) report.output = 'shutting down'
+  let pending = false
+  for (const runner of input.runners) {
+    const s = runner.outcome?.status
+    if (s === undefined) pending = true
+    report.checks[runner.def.name] = [{ status: s ?? (input.readyBeforeFirstCheck ? 'pass' : 'fail') }]
+  }
+  if (!input.shuttingDown && pending && status !== 'pass') report.output = 'checks have not completed yet'
+  return report
+}

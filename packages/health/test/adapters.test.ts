@@ -21,11 +21,15 @@ async function serve(handler: http.RequestListener): Promise<string> {
   return `http://127.0.0.1:${(server.address() as AddressInfo).port}`
 }
 
+const TOKEN = 'operator-token-0123456789'
+const BEARER = { authorization: `Bearer ${TOKEN}` }
+
 async function healthWith(db: () => boolean): Promise<Health> {
   const health = createHealth({
     eventLoop: false,
     autoStart: false,
     intervalMs: 10,
+    verbose: { token: TOKEN },
     checks: { db: async () => db() },
   })
   await health.refresh()
@@ -40,13 +44,22 @@ async function expectProbes(url: string, health: Health, paths = { live: '/healt
   const ready = await fetch(url + paths.ready)
   expect(ready.status).toBe(200)
   const body = (await ready.json()) as any
-  expect(body.status).toBe('pass')
-  expect(body.checks['db:responseTime'][0].status).toBe('pass')
-  const verbose = (await (await fetch(`${url}${paths.ready}?verbose=1`)).json()) as any
+  expect(body).toEqual({ status: 'pass', checks: { db: [{ status: 'pass' }] } })
+  // ?verbose=1 alone changes nothing; the operator's token gives the verbose view.
+  expect(await (await fetch(`${url}${paths.ready}?verbose=1`)).json()).toEqual(body)
+  const wrong = { authorization: `Bearer ${TOKEN.slice(0, -1)}x` }
+  expect(await (await fetch(url + paths.ready, { headers: wrong })).json()).toEqual(body)
+  const verbose = (await (await fetch(url + paths.ready, { headers: BEARER })).json()) as any
   expect(verbose.breakers).toEqual(expect.any(Array))
+  expect(verbose.checks['db:responseTime'][0]).toMatchObject({ componentId: 'db', critical: true })
   const head = await fetch(url + paths.ready, { method: 'HEAD' })
   expect(head.status).toBe(200)
   expect(await head.text()).toBe('')
+  for (const path of [paths.ready, paths.live]) {
+    const post = await fetch(url + path, { method: 'POST', body: '{}' })
+    expect(post.status).toBe(405)
+    expect(post.headers.get('allow')).toBe('GET, HEAD')
+  }
   void health.shutdown({ drainDelayMs: 0 })
   expect((await fetch(url + paths.ready)).status).toBe(503)
   expect((await fetch(url + paths.live)).status).toBe(200)
@@ -123,10 +136,18 @@ describe('fastify plugin', () => {
     expect(live.statusCode).toBe(200)
     expect(live.headers['content-type']).toMatch(/^application\/health\+json/) // fastify adds a charset
     expect(live.json()).toEqual({ status: 'pass' })
-    const ready = await app.inject('/ready?verbose=1')
+    expect((await app.inject('/ready?verbose=1')).json()).toEqual({
+      status: 'pass',
+      checks: { db: [{ status: 'pass' }] },
+    })
+    const ready = await app.inject({ url: '/ready', headers: BEARER })
     expect(ready.statusCode).toBe(200)
     expect(ready.json().breakers).toEqual(expect.any(Array))
     expect((await app.inject({ method: 'HEAD', url: '/ready' })).statusCode).toBe(200)
+    for (const method of ['POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS'] as const) {
+      const r = await app.inject({ method, url: '/ready' })
+      expect([method, r.statusCode, r.headers.allow]).toEqual([method, 405, 'GET, HEAD'])
+    }
     await app.close()
     expect(health.isShuttingDown).toBe(false) // closeWithHealth: false
   })
@@ -157,13 +178,19 @@ describe('fastify plugin', () => {
     const health = await healthWith(() => true)
     const app = Fastify()
     await app.register(healthPlugin, { health })
+    let received!: () => void
+    const inFlight = new Promise<void>((r) => {
+      received = r
+    })
     app.get('/slow', async () => {
+      received()
       await new Promise((r) => setTimeout(r, 300))
       return { done: true }
     })
     const url = await app.listen({ port: 0, host: '127.0.0.1' })
     const slow = fetch(`${url}/slow`)
-    await new Promise((r) => setTimeout(r, 50))
+    // Shut down once the request is in flight (a fixed sleep raced with a busy machine).
+    await inFlight
     const report = await health.shutdown({ drainDelayMs: 0 })
     const res = await slow
     expect(res.status).toBe(200)

@@ -39,7 +39,7 @@ describe('liveness', () => {
     vi.useFakeTimers()
     try {
       const check = vi.fn(async () => false)
-      const health = createHealth({ autoStart: false, checks: { db: check } })
+      const health = createHealth({ autoStart: false, verbose: 'query', checks: { db: check } })
       for (let i = 0; i < 100; i++) {
         const r = call(health.liveness, '/healthz')
         expect(r.statusCode).toBe(200)
@@ -60,13 +60,15 @@ describe('liveness', () => {
     const health = createHealth({
       eventLoop: { maxDelayMs: 100, sampleMs: 10, windowMs: 60_000 },
       checks: {},
+      verbose: 'query',
     })
     await new Promise((r) => setTimeout(r, 30))
     const until = performance.now() + 300
     while (performance.now() < until) {
       // block the loop for 300 ms
     }
-    const during = call(health.liveness, '/healthz')
+    expect(call(health.liveness, '/healthz').json).toEqual({ status: 'fail' }) // public: status only
+    const during = call(health.liveness, '/healthz?verbose=1')
     expect(during.statusCode).toBe(503)
     expect(during.json.status).toBe('fail')
     expect(during.json.output).toMatch(/^event loop delay of \d+ ms exceeds 100 ms$/)

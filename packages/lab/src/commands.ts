@@ -9,7 +9,7 @@ import { errorMessage, isProcessAlive } from './util.js'
 export const USAGE = `resilient-lab: a real Patroni + etcd + Redis (+ Sentinel) cluster on 127.0.0.1, for tests.
 
 Usage:
-  resilient-lab up [--nodes N] [--sync] [--sentinel] [--no-redis] [--dir DIR] [--timeout MS] [--json]
+  resilient-lab up [--nodes N] [--sync] [--failsafe] [--sentinel] [--no-redis] [--dir DIR] [--timeout MS] [--json]
   resilient-lab status [--dir DIR] [--json]
   resilient-lab down [--dir DIR]
   resilient-lab chaos <verb> [arg] [--dir DIR] [--json]
@@ -26,6 +26,12 @@ Chaos verbs:
   switchover [NAME]         planned switchover (to NAME when given); waits for the new leader
   wait-primary              wait for a running leader (--not NAME: other than NAME)
   wait-replicas [N]         wait for N streaming replicas (default: members - 1)
+  freeze-member NAME        SIGSTOP a member's Patroni, postmaster and all its children (a hang, no resets)
+  freeze-primary            freeze-member of the leader; prints its name
+  thaw-member NAME          SIGCONT them (children, postmaster, then Patroni)
+  freeze-dcs                SIGSTOP etcd        thaw-dcs   SIGCONT it
+  read-only on|off          default_transaction_read_only in Patroni's dynamic configuration
+                            (every member, existing sessions too); waits until the leader shows it
   pause-redis               SIGSTOP the Redis primary      resume-redis   SIGCONT it
   kill-redis                kill -9 the Redis primary      restart-redis  start it again, same port
   kill-redis-primary        (--sentinel) kill -9 the sentinels' master
@@ -35,6 +41,7 @@ Options:
   --dir DIR        lab folder (default: .lab under the current directory)
   --nodes N        Patroni members, 0 for Redis only (default 3)
   --sync           Patroni synchronous_mode
+  --failsafe       Patroni failsafe_mode (the leader survives losing etcd while all members answer)
   --sentinel       a Redis replica and 3 sentinels (master name 'resilient')
   --no-redis       no Redis
   --timeout MS     how long to wait for readiness or a chaos verb (default 90000)
@@ -59,6 +66,7 @@ export interface ParsedCli {
   dir: string
   nodes: number
   sync: boolean
+  failsafe: boolean
   sentinel: boolean
   redis: boolean
   json: boolean
@@ -77,6 +85,7 @@ export function parseCli(argv: string[], cwd: string): ParsedCli {
       dir: { type: 'string' },
       nodes: { type: 'string' },
       sync: { type: 'boolean', default: false },
+      failsafe: { type: 'boolean', default: false },
       sentinel: { type: 'boolean', default: false },
       'no-redis': { type: 'boolean', default: false },
       json: { type: 'boolean', default: false },
@@ -99,6 +108,7 @@ export function parseCli(argv: string[], cwd: string): ParsedCli {
     dir: resolve(cwd, values.dir ?? '.lab'),
     nodes,
     sync: values.sync ?? false,
+    failsafe: values.failsafe ?? false,
     sentinel: values.sentinel ?? false,
     redis: !(values['no-redis'] ?? false),
     json: values.json ?? false,
@@ -172,6 +182,7 @@ async function up(cli: ParsedCli, io: CliIO, log: (line: string) => void): Promi
     lab = await startLab({
       nodes: cli.nodes,
       synchronousMode: cli.sync,
+      failsafeMode: cli.failsafe,
       redis: cli.redis,
       sentinel: cli.sentinel,
       baseDir: cli.dir,
@@ -265,6 +276,7 @@ async function status(cli: ParsedCli, io: CliIO, log: (line: string) => void): P
 }
 
 export function isHealthy(st: LabStatus, streaming: string[]): boolean {
+  if (st.dcsFrozen || st.members.some((m) => m.frozen)) return false
   if (st.members.length > 0) {
     const leaders = st.members.filter((m) => m.role === 'leader' && m.state === 'running')
     if (leaders.length !== 1) return false
@@ -279,6 +291,7 @@ export function formatStatus(st: LabStatus, streaming: string[]): string {
   const lines = [`lab ${st.baseDir} (scope ${st.scope})`]
   if (st.members.length > 0) {
     if (st.patroniError) lines.push(`patroni: ${st.patroniError}`)
+    if (st.dcsFrozen) lines.push('etcd: frozen (SIGSTOP; resilient-lab chaos thaw-dcs)')
     lines.push('member  role          state         lag       timeline  postgres         pid     replication')
     for (const m of st.members) {
       const lag = m.role === 'leader' ? '-' : m.lag === undefined ? '?' : String(m.lag)
@@ -288,7 +301,7 @@ export function formatStatus(st: LabStatus, streaming: string[]): string {
         [
           m.name.padEnd(7),
           m.role.padEnd(13),
-          m.state.padEnd(13),
+          (m.frozen ? 'frozen' : m.state).padEnd(13),
           lag.padEnd(9),
           String(m.timeline ?? '-').padEnd(9),
           `127.0.0.1:${m.port}`.padEnd(16),
@@ -365,6 +378,34 @@ async function chaos(cli: ParsedCli, io: CliIO, log: (line: string) => void): Pr
       const n = arg ? Number(arg) : lab.members.length - 1
       const replicas = await lab.waitForReplicas(n, { timeoutMs: cli.timeoutMs })
       result = { replicas: replicas.map((r) => r.name) }
+      break
+    }
+    case 'freeze-member': {
+      const frozen = await lab.freezeMember(need('a member name'))
+      result = { frozen: frozen.name, pids: frozen.pids }
+      break
+    }
+    case 'freeze-primary':
+      result = { frozen: await lab.freezePrimary() }
+      break
+    case 'thaw-member':
+      await lab.thawMember(need('a member name'))
+      result = { thawed: arg }
+      break
+    case 'freeze-dcs':
+      await lab.freezeDcs()
+      result = { frozen: 'etcd' }
+      break
+    case 'thaw-dcs':
+      await lab.thawDcs()
+      result = { thawed: 'etcd' }
+      break
+    case 'read-only': {
+      const value = need('on or off')
+      if (value !== 'on' && value !== 'off')
+        throw new Error(`chaos read-only needs on or off, got "${value}"`)
+      await lab.setReadOnly(value === 'on', { timeoutMs: cli.timeoutMs })
+      result = { readOnly: value }
       break
     }
     case 'pause-redis':

@@ -33,6 +33,11 @@ export interface PatroniMemberConfigInput {
   superuser: { username: string; password: string }
   replication: { username: string; password: string }
   synchronousMode: boolean
+  /**
+   * Patroni `failsafe_mode`: a leader that loses the DCS stays primary as long as every member
+   * answers its POST /failsafe (without it, Patroni 3.0.2 demotes the leader). Default false.
+   */
+  failsafeMode?: boolean
   binDir?: string
 }
 
@@ -60,6 +65,7 @@ export function patroniConfig(input: PatroniMemberConfigInput): Record<string, u
       dcs: {
         ...DCS_DEFAULTS,
         synchronous_mode: input.synchronousMode,
+        failsafe_mode: input.failsafeMode ?? false,
         postgresql: {
           use_pg_rewind: true,
           use_slots: true,

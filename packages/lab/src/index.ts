@@ -11,6 +11,7 @@ export {
 export {
   type ClusterInfo,
   type ClusterMember,
+  type FrozenMember,
   Lab,
   type LabMember,
   type LabMemberStatus,

@@ -31,6 +31,7 @@ import {
   scopeFor,
   sentinelConf,
 } from './config.js'
+import { continueTree, stopTree } from './freeze.js'
 import { ensurePackages, requirements } from './packages.js'
 import { defaultRegistryDir, PortAllocator } from './ports.js'
 import {
@@ -52,13 +53,27 @@ import {
   STATE_VERSION,
   writeState,
 } from './state.js'
-import { errorMessage, isProcessAlive, readPostmasterPid, signalTree, waitFor, waitForExit } from './util.js'
+import {
+  descendants,
+  errorMessage,
+  isProcessAlive,
+  readPostmasterPid,
+  signalPid,
+  signalTree,
+  waitFor,
+  waitForExit,
+} from './util.js'
 
 export interface LabOptions {
   /** Patroni members; 0 starts no PostgreSQL (and no etcd) at all. Default 3. */
   nodes?: number
   /** Patroni `synchronous_mode`. Default false. */
   synchronousMode?: boolean
+  /**
+   * Patroni `failsafe_mode` (DCS): a leader that cannot reach etcd stays primary as long as
+   * every member answers its POST /failsafe; without it Patroni demotes the leader. Default false.
+   */
+  failsafeMode?: boolean
   /** Start a Redis server. Default true (forced on by `sentinel`). */
   redis?: boolean
   /** Also a Redis replica and 3 sentinels monitoring master name 'resilient'. Default false. */
@@ -137,6 +152,18 @@ export interface StartMemberResult {
   reason?: string
   /** Seconds from the spawn to streaming. */
   seconds: number
+}
+
+/** What freezeMember() stopped. */
+export interface FrozenMember {
+  name: string
+  /** Patroni's PID. */
+  patroni: number
+  postmaster?: number
+  /** The postmaster's descendants (backends, walsenders, walreceiver, checkpointer...). */
+  children: number[]
+  /** Every PID stopped: Patroni (and its process group), the postmaster, its descendants. */
+  pids: number[]
 }
 
 export interface RedisAddress {
@@ -311,8 +338,12 @@ export class Lab {
     const members = this.#state.members
     if (members.length === 0) throw new Error('this lab has no Patroni members (nodes: 0)')
     let lastError: unknown
-    for (let i = 0; i < members.length; i++) {
-      const index = (this.#lastEndpoint + i) % members.length
+    // From the member that answered last; frozen members last (they accept and never answer).
+    const frozen = this.#state.frozen?.members ?? []
+    const order = members
+      .map((_, i) => (this.#lastEndpoint + i) % members.length)
+      .sort((a, b) => Number(frozen.includes(members[a]!.name)) - Number(frozen.includes(members[b]!.name)))
+    for (const index of order) {
       const member = members[index]!
       try {
         const res = await fetch(`${apiUrl(member)}/cluster`, { signal: AbortSignal.timeout(1500) })
@@ -547,30 +578,7 @@ export class Lab {
 
   /** PATCH /config {"pause": on}, then wait until every running member reports it. */
   async #setMaintenance(on: boolean, timeoutMs: number): Promise<void> {
-    const body = JSON.stringify({ pause: on })
-    await waitFor(
-      `PATCH /config pause=${on}`,
-      async () => {
-        for (const m of this.#state.members) {
-          try {
-            const res = await fetch(`${apiUrl(m)}/config`, {
-              method: 'PATCH',
-              headers: { 'content-type': 'application/json' },
-              body,
-              signal: AbortSignal.timeout(2000),
-            })
-            const text = await res.text()
-            if (res.ok) return true
-            if (res.status >= 400 && res.status < 500)
-              throw fatal(`PATCH /config on ${m.name}: ${res.status} ${text.trim()}`)
-          } catch (err) {
-            if ((err as { fatal?: unknown }).fatal === true) throw err
-          }
-        }
-        return undefined
-      },
-      { timeoutMs, intervalMs: 250 },
-    )
+    await this.#patchConfig({ pause: on }, timeoutMs)
     await waitFor(
       `every running member to report pause=${on}`,
       async () => {
@@ -596,8 +604,13 @@ export class Lab {
     const member = this.#member(name)
     for (const other of this.#state.members)
       if (other.name !== name) this.#logMarks.set(other.name, fileSize(other.logPath))
+    const frozen = this.#state.frozen?.members.includes(name) ?? false
+    // A stopped process acts on no signal but SIGKILL: a graceful stop needs it running again.
+    if (frozen && opts.graceful) await this.thawMember(name)
     const pm = readPostmasterPid(member.dataDir)
     const postmaster = pm && isProcessAlive(pm.pid) ? pm.pid : undefined
+    // Listed before the kill: a frozen postmaster's children would stay stopped as orphans.
+    const children = postmaster ? descendants(postmaster) : []
     if (opts.graceful) {
       if (member.pid) signalTree(member.pid, 'SIGTERM', this.baseDir)
       const left = await waitForExit(
@@ -609,8 +622,9 @@ export class Lab {
     } else {
       if (member.pid) signalTree(member.pid, 'SIGKILL', this.baseDir)
       if (postmaster) signalTree(postmaster, 'SIGKILL', this.baseDir)
+      for (const pid of children) signalPid(pid, 'SIGKILL', this.baseDir)
       const left = await waitForExit(
-        [...(member.pid ? [member.pid] : []), ...(postmaster ? [postmaster] : [])],
+        [...(member.pid ? [member.pid] : []), ...(postmaster ? [postmaster] : []), ...children],
         opts.timeoutMs ?? 10_000,
       )
       if (left.length > 0) throw new Error(`member ${name} did not die (pids ${left.join(' ')})`)
@@ -618,6 +632,7 @@ export class Lab {
     await waitUntilRefused(`the stopped ${name}`, [member.apiPort, member.port])
     this.#log(`stopped ${name}${opts.graceful ? ' (graceful)' : ' (kill -9)'}`)
     delete member.pid
+    if (this.#state.frozen) this.#state.frozen.members = this.#state.frozen.members.filter((m) => m !== name)
     this.#save()
   }
 
@@ -755,6 +770,180 @@ export class Lab {
       this.#log(`POST /reinitialize on ${name}: ${errorMessage(err)}`)
       return false
     }
+  }
+
+  // ---------------------------------------------------------------- gray failures (SIGSTOP)
+
+  /**
+   * Freezes a member like a frozen VM: SIGSTOP of its Patroni (and Patroni's process group),
+   * then its postmaster, then every descendant of the postmaster (backends, walsenders,
+   * walreceiver, checkpointer...), listed again until no new one appears. Nothing is reset:
+   * open connections stay open and new TCP connections still complete (the kernel answers the
+   * handshake), but nothing answers. Patroni's leader key expires after the TTL (10 s) and a
+   * replica is promoted. Resolves once every process is stopped, with their PIDs.
+   */
+  async freezeMember(name: string, opts: { timeoutMs?: number } = {}): Promise<FrozenMember> {
+    this.#refresh()
+    const member = this.#member(name)
+    if (this.#state.frozen?.members.includes(name)) throw new Error(`member ${name} is already frozen`)
+    if (!member.pid || !isProcessAlive(member.pid)) throw new Error(`member ${name} is not running`)
+    const timeoutMs = opts.timeoutMs ?? 5000
+    // rejoinReplicas() reads the members' logs from here on (divergence after the failover).
+    for (const m of this.#state.members) this.#logMarks.set(m.name, fileSize(m.logPath))
+    // Patroni first: it must not see its PostgreSQL hang and act on it (restart, demote).
+    const patroni = await stopTree(member.pid, this.baseDir, { group: true, timeoutMs })
+    const pm = readPostmasterPid(member.dataDir)
+    const postmaster = pm && isProcessAlive(pm.pid) ? pm.pid : undefined
+    const children = postmaster ? (await stopTree(postmaster, this.baseDir, { timeoutMs })).slice(1) : []
+    const frozen = this.#frozen()
+    frozen.members.push(name)
+    this.#save()
+    this.#log(
+      `froze ${name}: patroni ${patroni.join(' ')}, postmaster ${postmaster ?? '-'}, ${children.length} child(ren)`,
+    )
+    return {
+      name,
+      patroni: patroni[0]!,
+      ...(postmaster ? { postmaster } : {}),
+      children,
+      pids: [...patroni, ...(postmaster ? [postmaster] : []), ...children],
+    }
+  }
+
+  /** Freezes the current leader (freezeMember()); returns its name. */
+  async freezePrimary(opts: { timeoutMs?: number } = {}): Promise<string> {
+    const leader = await this.primary()
+    if (!leader) throw new Error('there is no leader to freeze')
+    await this.freezeMember(leader.name, opts)
+    return leader.name
+  }
+
+  /**
+   * SIGCONT of a frozen member in the reverse order: the postmaster's descendants, the
+   * postmaster, then Patroni. The member carries on where it stopped: a statement that was
+   * waiting is answered; Patroni then finds out that another member holds the leader key and
+   * demotes it (Patroni 3.0.2 sometimes takes the key back instead; see FACTS.md). Resolves at
+   * once (it does not wait for the member to rejoin: use rejoinReplicas() or waitForReplicas()).
+   */
+  async thawMember(name: string): Promise<void> {
+    this.#refresh()
+    const member = this.#member(name)
+    const pm = readPostmasterPid(member.dataDir)
+    if (pm && isProcessAlive(pm.pid)) continueTree(pm.pid, this.baseDir)
+    if (member.pid) continueTree(member.pid, this.baseDir, { group: true })
+    const frozen = this.#frozen()
+    frozen.members = frozen.members.filter((m) => m !== name)
+    this.#save()
+    this.#log(`thawed ${name}`)
+  }
+
+  /**
+   * SIGSTOP of etcd, the DCS: Patroni can neither read nor renew the leader key. Without
+   * `failsafeMode`, Patroni 3.0.2 demotes the leader (PostgreSQL restarted read-only) once its
+   * DCS calls fail (about `retry_timeout`, 5 s, to the TTL, 10 s); with it, the leader stays
+   * primary while every member answers its POST /failsafe. GET /cluster fails meanwhile.
+   */
+  async freezeDcs(opts: { timeoutMs?: number } = {}): Promise<void> {
+    this.#refresh()
+    const etcd = this.#state.etcd
+    if (!etcd?.pid || !isProcessAlive(etcd.pid)) throw new Error('this lab has no running etcd')
+    await stopTree(etcd.pid, this.baseDir, { group: true, timeoutMs: opts.timeoutMs ?? 5000 })
+    this.#frozen().dcs = true
+    this.#save()
+    this.#log(`froze etcd (pid ${etcd.pid})`)
+  }
+
+  /** SIGCONT of etcd. Patroni recovers on its next loop (a leader race when the key expired). */
+  async thawDcs(): Promise<void> {
+    this.#refresh()
+    const etcd = this.#state.etcd
+    if (etcd?.pid) continueTree(etcd.pid, this.baseDir, { group: true })
+    this.#frozen().dcs = false
+    this.#save()
+    this.#log('thawed etcd')
+  }
+
+  /** Names of the members frozen by freezeMember() and not thawed yet. */
+  frozenMembers(): string[] {
+    this.#refresh()
+    return [...(this.#state.frozen?.members ?? [])]
+  }
+
+  /**
+   * A maintenance freeze: the database answers every write with SQLSTATE 25006 ("cannot
+   * execute ... in a read-only transaction") while it is still the primary
+   * (`pg_is_in_recovery()` stays false), on connections that already exist too.
+   *
+   * How: `default_transaction_read_only = on` in Patroni's dynamic configuration (`PATCH
+   * /config {"postgresql": {"parameters": {...}}}`). Patroni writes it into every member's
+   * postgresql.conf and reloads (SIGHUP), and each existing session applies a reload before its
+   * next command, so pooled connections are affected, as with a provider's server-wide flag.
+   * `ALTER DATABASE ... SET` would reach new sessions only; `ALTER SYSTEM` would live on one
+   * member only and be lost at a failover (Patroni also advises against it). Being the
+   * cluster's setting, it outlives a failover, like the maintenance it stands for.
+   * `setReadOnly(false)` removes the parameter (`null`), which existing sessions apply the same
+   * way. Resolves once a fresh connection to the leader shows the new value (about 0.3 s here).
+   */
+  async setReadOnly(on: boolean, opts: { timeoutMs?: number } = {}): Promise<void> {
+    const timeoutMs = opts.timeoutMs ?? 30_000
+    await this.#patchConfig(
+      { postgresql: { parameters: { default_transaction_read_only: on ? 'on' : null } } },
+      timeoutMs,
+    )
+    const want = on ? 'on' : 'off'
+    const leader = await waitFor(
+      `default_transaction_read_only = ${want} on the leader`,
+      async () => {
+        const leader = await this.primary()
+        if (!leader) return undefined
+        const rows = await this.sql('show default_transaction_read_only', leader.name)
+        return rows[0]?.[0] === want ? leader.name : undefined
+      },
+      { timeoutMs, intervalMs: 50 },
+    )
+    this.#log(`read-only ${want} (in effect on ${leader})`)
+  }
+
+  /** PATCH /config with `body` on the first member that accepts it (frozen members skipped). */
+  async #patchConfig(body: unknown, timeoutMs: number): Promise<void> {
+    const text = JSON.stringify(body)
+    await waitFor(
+      `PATCH /config ${text}`,
+      async () => {
+        for (const m of this.#reachableMembers()) {
+          try {
+            const res = await fetch(`${apiUrl(m)}/config`, {
+              method: 'PATCH',
+              headers: { 'content-type': 'application/json' },
+              body: text,
+              signal: AbortSignal.timeout(2000),
+            })
+            const answer = await res.text()
+            if (res.ok) return true
+            if (res.status >= 400 && res.status < 500)
+              throw fatal(`PATCH /config on ${m.name}: ${res.status} ${answer.trim()}`)
+          } catch (err) {
+            if ((err as { fatal?: unknown }).fatal === true) throw err
+          }
+        }
+        return undefined
+      },
+      { timeoutMs, intervalMs: 250 },
+    )
+  }
+
+  /** The members in the order to ask them: those not frozen first. */
+  #reachableMembers(): MemberState[] {
+    const frozen = this.#state.frozen?.members ?? []
+    return [
+      ...this.#state.members.filter((m) => !frozen.includes(m.name)),
+      ...this.#state.members.filter((m) => frozen.includes(m.name)),
+    ]
+  }
+
+  #frozen(): { members: string[]; dcs: boolean } {
+    this.#state.frozen ??= { members: [], dcs: false }
+    return this.#state.frozen
   }
 
   /**
@@ -984,12 +1173,15 @@ export class Lab {
 
   /** A summary for humans and the CLI's status verb. */
   async status(): Promise<LabStatus> {
+    this.#refresh()
+    const frozen = this.#state.frozen?.members ?? []
     const out: LabStatus = {
       baseDir: this.baseDir,
       scope: this.#state.scope,
       members: [],
       redis: [],
       sentinels: [],
+      ...(this.#state.frozen?.dcs ? { dcsFrozen: true } : {}),
     }
     if (this.#state.members.length > 0) {
       try {
@@ -1005,6 +1197,7 @@ export class Lab {
             state: c?.state ?? (m.pid && isProcessAlive(m.pid) ? 'starting' : 'stopped'),
             ...(c?.lag !== undefined ? { lag: c.lag } : {}),
             ...(c?.timeline !== undefined ? { timeline: c.timeline } : {}),
+            ...(frozen.includes(m.name) ? { frozen: true } : {}),
           })
         }
       } catch (err) {
@@ -1017,6 +1210,7 @@ export class Lab {
             pid: m.pid,
             role: 'unknown',
             state: m.pid && isProcessAlive(m.pid) ? 'unreachable' : 'stopped',
+            ...(frozen.includes(m.name) ? { frozen: true } : {}),
           })
         }
       }
@@ -1164,6 +1358,25 @@ export class Lab {
           return this.waitForReplicas(n - 1, { timeoutMs: 1 }).catch(() => undefined)
         },
         { timeoutMs: Math.max(1, deadline - Date.now()), intervalMs: 250 },
+      )
+    }
+    if (this.#state.failsafeMode) {
+      // Until the leader has written the /failsafe key with every member, losing etcd would
+      // still demote it: failsafe mode only protects a leader that knows whom to ask.
+      await waitFor(
+        `the /failsafe key to list all ${n} member(s)`,
+        async () => {
+          const leader = await this.primary()
+          if (!leader) return undefined
+          const res = await fetch(`${leader.apiUrl}/failsafe`, { signal: AbortSignal.timeout(1000) })
+          if (!res.ok) {
+            await res.body?.cancel()
+            return undefined
+          }
+          const members = (await res.json()) as Record<string, string>
+          return Object.keys(members).length >= n ? true : undefined
+        },
+        { timeoutMs: Math.max(1, deadline - Date.now()), intervalMs: 200 },
       )
     }
   }
@@ -1398,8 +1611,12 @@ export interface LabStatus {
     state: string
     lag?: number | 'unknown'
     timeline?: number
+    /** Frozen by freezeMember() (SIGSTOP), not thawed yet. */
+    frozen?: boolean
   }>
   patroniError?: string
+  /** etcd frozen by freezeDcs(), not thawed yet. */
+  dcsFrozen?: boolean
   redis: Array<{ name: string; port: number; pid: number | undefined; role: string; detail: string }>
   sentinels: Array<{ name: string; port: number; pid: number | undefined; ok: boolean; master: string }>
 }
@@ -1487,6 +1704,7 @@ export async function startLab(options: LabOptions = {}): Promise<Lab> {
   const sentinel = options.sentinel ?? false
   const redis = (options.redis ?? true) || sentinel
   const synchronousMode = options.synchronousMode ?? false
+  const failsafeMode = options.failsafeMode ?? false
   const readyTimeoutMs = options.readyTimeoutMs ?? 90_000
   const log = options.log ?? (() => {})
   if (!Number.isInteger(nodes) || nodes < 0 || nodes > 9)
@@ -1538,6 +1756,7 @@ export async function startLab(options: LabOptions = {}): Promise<Lab> {
     createdAt: new Date().toISOString(),
     ...(options.persistent ? {} : { ownerPid: process.pid }),
     synchronousMode,
+    ...(failsafeMode ? { failsafeMode } : {}),
     postgres: {
       user: 'postgres',
       password,
@@ -1586,6 +1805,7 @@ export async function startLab(options: LabOptions = {}): Promise<Lab> {
           password: state.postgres.replicationPassword,
         },
         synchronousMode,
+        failsafeMode,
       })
       writeFileSync(member.configPath, `${JSON.stringify(config, null, 2)}\n`, { mode: 0o600 })
       own(member.configPath)

@@ -46,6 +46,10 @@ export interface LabState {
   /** The process that owns the lab (its exit ends the lab), absent for a persistent (CLI) lab. */
   ownerPid?: number
   synchronousMode: boolean
+  /** Patroni `failsafe_mode` (DCS setting), absent in labs started before it existed. */
+  failsafeMode?: boolean
+  /** What the lab froze with SIGSTOP and has not thawed yet: member names, and etcd. */
+  frozen?: { members: string[]; dcs: boolean }
   /** Seconds from startLab() to ready, as measured when it started. */
   bootSeconds?: number
   postgres: {

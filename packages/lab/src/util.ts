@@ -1,4 +1,4 @@
-import { readFileSync, readlinkSync } from 'node:fs'
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs'
 
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
 
@@ -110,6 +110,71 @@ export function signalTree(pid: number | undefined, signal: NodeJS.Signals, ownD
     }
   }
   return sent
+}
+
+/**
+ * Sends `signal` to `pid` alone (not its group), only when it verifiably runs inside `ownDir`
+ * or its working directory cannot be read (see processRunsIn). Never throws.
+ */
+export function signalPid(pid: number, signal: NodeJS.Signals, ownDir: string): boolean {
+  if (!Number.isInteger(pid) || pid <= 1) return false
+  if (processRunsIn(pid, ownDir) === false) return false
+  try {
+    process.kill(pid, signal)
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** The state letter of /proc/<pid>/stat ('R', 'S', 'T' stopped, 'Z'...), or undefined when gone. */
+export function processState(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3)
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * Every live descendant of `pid` (children, their children, ...), read from /proc (parent PIDs),
+ * parents before their children. [] when there is no /proc.
+ */
+export function descendants(pid: number): number[] {
+  let entries: string[]
+  try {
+    entries = readdirSync('/proc')
+  } catch {
+    return []
+  }
+  const children = new Map<number, number[]>()
+  for (const entry of entries) {
+    const child = Number(entry)
+    if (!Number.isInteger(child) || child <= 0) continue
+    let stat: string
+    try {
+      stat = readFileSync(`/proc/${entry}/stat`, 'utf8')
+    } catch {
+      continue // exited meanwhile
+    }
+    // "pid (comm) S ppid ...": read after the last ')'.
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    if (rest[0] === 'Z' || rest[0] === 'X') continue
+    const parent = Number(rest[1])
+    const list = children.get(parent)
+    if (list) list.push(child)
+    else children.set(parent, [child])
+  }
+  const out: number[] = []
+  const queue = [pid]
+  while (queue.length > 0) {
+    for (const child of children.get(queue.shift()!) ?? []) {
+      out.push(child)
+      queue.push(child)
+    }
+  }
+  return out
 }
 
 function isZombie(pid: number): boolean {
