@@ -309,15 +309,16 @@ describe('a member refusing connections for too many clients (53300; defect 15)'
       await lim.ready({ timeoutMs: 10_000 })
       const leader = lim.topology().primary!.name
       const hold = lim.transaction(async (tx) => {
-        await tx.query('SELECT pg_sleep(3)')
+        await tx.query('SELECT pg_sleep(3) AS hold15')
       })
-      await sleep(100)
+      // the hold has the only connection (not the monitor's probe, which would make it wait instead)
+      await until('the hold to run', async () => ((await running('hold15')) === 1 ? true : undefined), 3_000)
       const t0 = performance.now()
       const r = await lim.write('SELECT 1 AS one')
       const waited = performance.now() - t0
       await hold
       expect(r.rows).toEqual([{ one: 1 }])
-      expect(waited).toBeGreaterThan(2_000) // it did wait for the held connection
+      expect(waited).toBeGreaterThan(1_000) // it did wait for the held connection
       const writeRetries = retries.filter((m) => m.kind === 'write' && m.member === leader).length
       // 100 ms apart it would be ~30 in 3 s; 50 ms doubling to 2 s: at most 7
       expect(writeRetries).toBeGreaterThan(0)
