@@ -47,6 +47,7 @@ export const SUBPATHS = {
   '@resilient/pg-router/fastify': { peers: ['fastify', 'fastify-plugin'], file: 'pg-router-fastify.ts' },
   '@resilient/health/express': { peers: ['express'], file: 'health-express.ts' },
   '@resilient/health/fastify': { peers: ['fastify', 'fastify-plugin'], file: 'health-fastify.ts' },
+  '@resilient/health/grpc': { peers: ['@grpc/grpc-js', 'grpc-health-check'], file: 'health-grpc.ts' },
 }
 /** Optional peers a main entry can use at run time (never in its types), with their consumer file. */
 export const MAIN_ENTRY_PEERS = {

@@ -97,6 +97,15 @@ export interface Health {
   report(options?: { verbose?: boolean }): HealthReport
   /** The readiness status now. */
   readonly status: CheckStatus
+  /** The checks' names, in the order given. */
+  readonly checkNames: readonly string[]
+  /**
+   * One check's status, as the public readiness view shows it (before its first result
+   * `fail`, or `pass` with readyBeforeFirstCheck); `undefined` for a name that is no check.
+   */
+  checkStatus(name: string): CheckStatus | undefined
+  /** `fail` while the event loop stalls past `eventLoop.maxDelayMs` (when /healthz answers 503), else `pass`. */
+  readonly livenessStatus: CheckStatus
   readonly state: HealthState
   readonly isShuttingDown: boolean
   /** Runs every check now (joining runs in progress) and returns the report. E_SHUTTING_DOWN after shutdown. */
@@ -147,6 +156,8 @@ export function createHealth(options?: HealthOptions): Health {
     noteStatus()
   }
   const runners = o.checks.map((def) => new CheckRunner(def, stopChecks.signal, onOutcome))
+  const runnerByName = new Map(runners.map((r) => [r.def.name, r]))
+  const checkNames = Object.freeze(runners.map((r) => r.def.name))
 
   const statusNow = (): CheckStatus =>
     readinessStatus({
@@ -359,6 +370,15 @@ export function createHealth(options?: HealthOptions): Health {
     report,
     get status() {
       return statusNow()
+    },
+    checkNames,
+    checkStatus(name) {
+      const r = runnerByName.get(name)
+      if (!r) return undefined
+      return r.outcome?.status ?? (o.readyBeforeFirstCheck ? 'pass' : 'fail')
+    },
+    get livenessStatus() {
+      return !loop || loop.status().healthy ? 'pass' : 'fail'
     },
     get state() {
       return state

@@ -8,8 +8,13 @@ import { isEligible, type Member, parseLsn, timelineOfWalFile } from './topology
 
 /** Session position meaning "the write succeeded but its position is unknown: read from the primary". */
 export const PRIMARY_ONLY: WalPosition = Object.freeze({ lsn: (1n << 64n) - 1n, timeline: null })
-/** The primary's WAL position and its timeline (the insert timeline, in the WAL file's name). */
-const CAPTURE_SQL = 'SELECT pg_current_wal_lsn()::text AS lsn, pg_walfile_name(pg_current_wal_lsn()) AS f'
+/**
+ * The primary's WAL position right after a write, and its timeline (in the WAL file's name).
+ * The insert pointer, not the write pointer (`pg_current_wal_lsn()`): with
+ * `synchronous_commit = off` the commit record may not be written yet when the statement
+ * returns, and a position before it would let a replica that lacks the write serve the session.
+ */
+const CAPTURE_SQL = 'SELECT l::text AS lsn, pg_walfile_name(l) AS f FROM pg_current_wal_insert_lsn() AS l'
 
 /**
  * Where a statement goes, and a connection there: the confirmed writer (waiting for one

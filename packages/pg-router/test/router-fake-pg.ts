@@ -8,8 +8,8 @@ import * as net from 'node:net'
  */
 export type FakeAnswer =
   | { rows: Array<string | null>; type?: 'bool' | 'text' }
-  /** One row of text columns, named. */
-  | { row: Record<string, string | null> }
+  /** One row of named columns: text, or bool for a boolean. */
+  | { row: Record<string, string | boolean | null> }
   | { hang: true }
   /** Closes the socket at once, with no message (a killed server). */
   | { drop: true }
@@ -54,13 +54,13 @@ function errorResponse(severity: string, code: string): Buffer {
 
 const ready = () => msg('Z', Buffer.from('I'))
 
-function rowResponse(row: Record<string, string | null>): Buffer {
+function rowResponse(row: Record<string, string | boolean | null>): Buffer {
   const names = Object.keys(row)
   const nfields = Buffer.alloc(2)
   nfields.writeInt16BE(names.length)
   const fields = names.map((n) => {
     const meta = Buffer.alloc(18)
-    meta.writeInt32BE(25, 6) // text
+    meta.writeInt32BE(typeof row[n] === 'boolean' ? 16 : 25, 6) // bool or text
     meta.writeInt16BE(-1, 10)
     meta.writeInt32BE(-1, 12)
     return Buffer.concat([cstr(n), meta])
@@ -72,7 +72,7 @@ function rowResponse(row: Record<string, string | null>): Buffer {
       len.writeInt32BE(-1)
       return len
     }
-    const data = Buffer.from(v, 'utf8')
+    const data = Buffer.from(typeof v === 'boolean' ? (v ? 't' : 'f') : v, 'utf8')
     len.writeInt32BE(data.length)
     return Buffer.concat([len, data])
   })

@@ -19,6 +19,8 @@ function member(name: string, over: Partial<Member> = {}, load = 0): Member {
     lsnEpoch: 0,
     measuredLagBytes: null,
     downUntil: 0,
+    noLoadBalance: false,
+    offTimeline: false,
     pool: { load } as unknown as MemberPool,
     unobserve: () => {},
     ...over,
@@ -53,6 +55,11 @@ describe('replica choice', () => {
       'measured-ok',
       'was-down',
     ])
+  })
+
+  it('no reads for a replica off the primary timeline or tagged noloadbalance', () => {
+    const ms = [member('ok'), member('off', { offTimeline: true }), member('nolb', { noLoadBalance: true })]
+    expect(eligibleReplicas(ms, rules).map((m) => m.name)).toEqual(['ok'])
   })
 
   it('read-your-writes: only replicas that replayed the session position', () => {
