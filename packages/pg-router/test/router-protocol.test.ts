@@ -203,6 +203,52 @@ describe('a statement that never gets an answer', () => {
   })
 })
 
+describe('a member that stops answering (frozen: no reset, nothing answered)', () => {
+  it('is suspected by its liveness probe: a write in flight gets E_COMMIT_UNKNOWN long before its deadline, new writes are held, none is sent until it answers and is re-confirmed', async () => {
+    const states: unknown[] = []
+    const s = (m: unknown) => states.push(m)
+    dc.subscribe(channelNames.liveness, s)
+    let inserts = 0
+    try {
+      fake = await startFakePg(
+        primary((sql) => {
+          if (sql.startsWith('INSERT')) inserts++
+          return sql.startsWith('SELECT hang') ? { hang: true } : undefined
+        }),
+      )
+      db = createPgRouter({
+        discovery: discoveryOf(fake.port),
+        connection,
+        pool: { queryTimeoutMs: 30_000 },
+        monitor: { probeTimeoutMs: 300, livenessIntervalMs: 100 },
+        failover: { timeoutMs: 10_000 },
+      })
+      await db.ready({ timeoutMs: 2_000 })
+      await db.write('SELECT 1') // a pooled connection exists
+      const inFlight = db.write('SELECT hang').catch((e: unknown) => e)
+      await new Promise((r) => setTimeout(r, 50))
+      fake.freeze()
+      const t0 = performance.now()
+      const err = await inFlight
+      const ms = performance.now() - t0
+      expect(err).toMatchObject({ code: 'E_COMMIT_UNKNOWN' })
+      expect((err as Error).cause).toMatchObject({ code: 'E_TIMEOUT', details: { reason: 'unresponsive' } })
+      expect(ms).toBeLessThan(2_000) // 100 + 300 ms here; never the 30 s statement deadline
+      expect(states).toContainEqual({ member: 'fake', state: 'unresponsive', reason: 'timeout' })
+      expect(db.topology().primary).toBeNull() // writes held, as for a killed primary
+      const held = db.write('INSERT INTO t VALUES (1)')
+      await new Promise((r) => setTimeout(r, 500))
+      expect(db.stats().queuedWrites).toBe(1)
+      fake.thaw()
+      await expect(held).resolves.toBeDefined() // re-confirmed by SQL, then sent
+      expect(inserts).toBe(1)
+      expect(states).toContainEqual({ member: 'fake', state: 'alive' })
+    } finally {
+      dc.unsubscribe(channelNames.liveness, s)
+    }
+  })
+})
+
 describe('the server terminates connections', () => {
   it('57P01 to idle pooled connections: no crash, suspicion, re-confirmed, writes go on', async () => {
     const suspects: unknown[] = []
@@ -309,7 +355,7 @@ describe('a member whose role check says "in recovery"', () => {
     try {
       fake = await startFakePg((sql): FakeAnswer => {
         if (sql.includes('pg_is_in_recovery')) return { rows: ['t'], type: 'bool' }
-        writes++
+        if (sql.startsWith('INSERT')) writes++ // (not the liveness probe's SELECT 1)
         return { rows: ['1'] }
       })
       db = createPgRouter({ discovery: discoveryOf(fake.port), connection, failover: { timeoutMs: 300 } })
