@@ -98,15 +98,27 @@ class MemberProbe {
         clearTimeout(timer)
         resolve(why)
       }
-      const timer = setTimeout(() => {
-        // The event loop may have been blocked past the bound with the answer already in: let
-        // the poll phase deliver it first, then judge.
-        setImmediate(() => {
-          if (done) return
-          this.#drop()
-          finish('timeout')
-        })
-      }, this.opts.probeTimeoutMs)
+      const bound = this.opts.probeTimeoutMs
+      const judge = () => {
+        if (done) return
+        this.#drop()
+        finish('timeout')
+      }
+      const due = performance.now() + bound
+      let timer = setTimeout(function expired() {
+        // This process, not the member, may have been stalled past the bound (a blocked event
+        // loop, a starved CPU): then the answer may be in and unread. Give it as long again as
+        // we were late (once), and let the poll phase deliver what arrived before judging.
+        const late = performance.now() - due
+        if (late > 20 && !extended) {
+          extended = true
+          timer = setTimeout(expired, Math.min(late, bound))
+          timer.unref()
+          return
+        }
+        setImmediate(judge)
+      }, bound)
+      let extended = false
       timer.unref()
       this.#once().then(
         () => finish(null),

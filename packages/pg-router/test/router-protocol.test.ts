@@ -161,20 +161,29 @@ describe('a statement that never gets an answer', () => {
   })
 
   it('an aborted write is cancelled on the server too, and the caller hears E_COMMIT_UNKNOWN (it was sent)', async () => {
-    fake = await startFakePg(primary((sql) => (sql.startsWith('SELECT hang') ? { hang: true } : undefined)))
+    let received = 0
+    fake = await startFakePg(
+      primary((sql) => {
+        if (!sql.startsWith('SELECT hang')) return undefined
+        received++
+        return { hang: true }
+      }),
+    )
     db = createPgRouter({ discovery: discoveryOf(fake.port), connection })
     await db.ready({ timeoutMs: 2_000 })
-    const err = await db
-      .write('SELECT hang', undefined, { signal: AbortSignal.timeout(50) })
-      .catch((e: unknown) => e)
+    const ac = new AbortController()
+    const pending = db.write('SELECT hang', undefined, { signal: ac.signal }).catch((e: unknown) => e)
+    await until(() => received === 1) // the server has it
+    ac.abort()
+    const err = await pending
     expect(err).toMatchObject({ code: 'E_COMMIT_UNKNOWN', details: { txid: null } })
     expect((err as Error).cause).toMatchObject({ code: 'E_ABORTED' })
     await until(() => fake!.cancels().length === 1)
     expect(fake.cancels()[0]!.connectionOpen).toBe(true)
     // aborted before anything was sent: E_ABORTED, nothing to cancel
-    const ac = new AbortController()
-    ac.abort()
-    await expect(db.write('SELECT 1', undefined, { signal: ac.signal })).rejects.toMatchObject({
+    const before = new AbortController()
+    before.abort()
+    await expect(db.write('SELECT 1', undefined, { signal: before.signal })).rejects.toMatchObject({
       code: 'E_ABORTED',
     })
   })
