@@ -2,12 +2,25 @@ import { listBreakers, ResilientError } from '@resilient/core'
 import type { Health, NodeHandler } from './health.js'
 import { errorOutput } from './result.js'
 
+// prom-client is an optional peer: its types stay out of every declaration this package
+// publishes (a user without it would get TS2307 from index.d.ts). Used inside functions only.
 type PromClient = typeof import('prom-client')
 type Registry = import('prom-client').Registry
 
+/**
+ * The part of a prom-client `Registry` the handler uses; any prom-client 15 `Registry` is one.
+ * Declared here so that the types of @resilient/health load without prom-client installed.
+ */
+export interface MetricsRegistry {
+  metrics(): Promise<string>
+  readonly contentType: string
+  getSingleMetric(name: string): unknown
+  removeSingleMetric(name: string): void
+}
+
 export interface MetricsOptions {
   /** The prom-client registry to fill and expose. @default prom-client's global `register` */
-  register?: Registry
+  register?: MetricsRegistry
   /** Also collect prom-client's default process metrics (once per registry). @default true */
   defaultMetrics?: boolean
 }
@@ -40,7 +53,7 @@ export async function createMetricsHandler(
   options: MetricsOptions = {},
 ): Promise<NodeHandler> {
   const prom = await loadPromClient()
-  const register = options.register ?? prom.register
+  const register = (options.register as Registry | undefined) ?? prom.register
   if (
     (options.defaultMetrics ?? DEFAULT_METRICS_OPTIONS.defaultMetrics) &&
     !register.getSingleMetric('process_cpu_user_seconds_total')
