@@ -18,7 +18,8 @@
 //
 // Environment: LOAD_USERS (10000), LOAD_THINK_MS (3000), LOAD_TIME_SCALE (1: multiplies every
 // duration), LOAD_TIMEOUT_S (30, failover.timeoutMs: a request not answered by then is an error), LOAD_PROFILE
-// (1: --cpu-prof on the service; 0 for none), LOAD_EXAMPLE (examples/express-library).
+// (1: --cpu-prof on the service; 0 for none), LOAD_PG_POOL_MAX (the example's PG_POOL_MAX,
+// connections per member; unset: the router's default, 10), LOAD_EXAMPLE (examples/express-library).
 // Writes bench/out/load-<shape>.json, bench/load/results/<shape>.svg and the load section of
 // bench/RESULTS.md. Raise the open-files limit first (scripts/bench-load.sh does): every user
 // is a socket on both ends.
@@ -62,10 +63,12 @@ export function shape(name, { users, scale, thinkMs }) {
     case 'stages': {
       const ramp = s(120)
       const hold = s(180)
-      const steps = 20
+      // Groups of at most 250 users, evenly spread over the ramp: autocannon opens a group's
+      // connections all at once, and 500 at once overflow a default listen backlog (511).
+      const steps = Math.max(1, Math.ceil(users / 250))
       const groups = Array.from({ length: steps }, (_, i) => ({
         users: Math.round(users / steps),
-        startS: Math.round((i * ramp) / steps),
+        startS: (i * ramp) / steps,
         stopS: ramp + hold,
       }))
       return {
@@ -81,13 +84,17 @@ export function shape(name, { users, scale, thinkMs }) {
     }
     case 'spike': {
       const base = Math.round(users / 10)
-      const burst = users - base
+      // Each burst: 0.9 x users within one second, in groups of 500 (a burst of connections
+      // is what a spike is; one SYN flood of 9,000 in a millisecond is another test).
+      const parts = Math.max(1, Math.ceil((users - base) / 500))
+      const burst = (fromS, toS) =>
+        Array.from({ length: parts }, (_, i) => ({
+          users: Math.round((users - base) / parts),
+          startS: fromS + i / parts,
+          stopS: toS,
+        }))
       return {
-        groups: [
-          { users: base, startS: 0, stopS: s(150) },
-          { users: burst, startS: s(30), stopS: s(60) },
-          { users: burst, startS: s(90), stopS: s(120) },
-        ],
+        groups: [{ users: base, startS: 0, stopS: s(150) }, ...burst(s(30), s(60)), ...burst(s(90), s(120))],
         thinkMs,
         faults: [],
         window: { fromS: 0, toS: s(150) },
@@ -174,14 +181,19 @@ export function knee(seconds, steps, thinkMs) {
     // Skip the first 5 s of a step: its new users are still starting.
     const sum = summarize(seconds, st.fromS + Math.min(5, (st.toS - st.fromS) / 4), st.toS)
     const offered = st.users / ((thinkMs + (Number.isFinite(sum.p50) ? sum.p50 : 0)) / 1000)
-    return { users: st.users, offered, ...sum }
+    return { ...sum, users: st.users, offered }
   })
+  // The knee: the last step that met the bar before the service broke (two steps in a row
+  // below it; one bad step alone can be a hiccup of a shared machine).
   let kneeRow
+  let misses = 0
   for (const r of rows) {
     if (r.requests === 0) break
     const follows = r.rps >= 0.9 * r.offered && r.p99 < 1000 && r.errorRate < 0.001
-    if (!follows) break
-    kneeRow = r
+    if (follows) {
+      kneeRow = r
+      misses = 0
+    } else if (++misses >= 2) break
   }
   return { rows, knee: kneeRow }
 }
@@ -211,6 +223,7 @@ async function runShape(name, opts) {
     const authors = (await lab.sql('SELECT DISTINCT author FROM books ORDER BY 1')).map((r) => r[0])
     service = await startService(lab, {
       exampleDir: opts.exampleDir,
+      env: opts.poolMax ? { PG_POOL_MAX: String(opts.poolMax) } : {},
       nodeOptions: opts.profile
         ? ['--cpu-prof', `--cpu-prof-dir=${profileDir}`, '--cpu-prof-interval=2000']
         : [],
@@ -420,7 +433,7 @@ export function renderShape(r) {
     const k = r.stress.knee
     lines.push(
       k
-        ? `**Knee: ${k.users} users, ${k.rps.toFixed(0)} requests/s served** (the last step that served at least 90 % of its offered rate with p99 under 1 s and under 0.1 % errors).`
+        ? `**Knee: ${k.users} users, ${k.rps.toFixed(0)} requests/s served** (the last step that served at least 90 % of its offered rate with p99 under 1 s and under 0.1 % errors, before two steps in a row did not).`
         : 'No step met the bar (90 % of the offered rate served, p99 under 1 s, under 0.1 % errors).',
     )
   }
@@ -459,6 +472,7 @@ async function main() {
     scale: envNum('LOAD_TIME_SCALE', 1),
     timeoutS: envNum('LOAD_TIMEOUT_S', 30),
     profile: envNum('LOAD_PROFILE', 1) === 1,
+    poolMax: envNum('LOAD_PG_POOL_MAX', 0),
     exampleDir: join(ROOT, process.env.LOAD_EXAMPLE ?? 'examples/express-library'),
   }
   for (const s of shapes) shape(s, opts) // refuse an unknown shape before starting anything
@@ -468,7 +482,7 @@ async function main() {
     reports.push(r)
     console.log(`\n${renderShape(r)}\n`)
   }
-  const env = ['LOAD_USERS', 'LOAD_THINK_MS', 'LOAD_TIME_SCALE', 'LOAD_TIMEOUT_S']
+  const env = ['LOAD_USERS', 'LOAD_THINK_MS', 'LOAD_TIME_SCALE', 'LOAD_TIMEOUT_S', 'LOAD_PG_POOL_MAX']
     .filter((k) => process.env[k])
     .map((k) => `${k}=${process.env[k]} `)
     .join('')
