@@ -6,7 +6,10 @@
 // each response (the guide's users do the same). Each user cycles through the demo's
 // L1-hit-heavy mix: 13 GET /books/:id and 3 GET /books?author= (cached), then a loan: POST
 // /loans, GET /loans/:id with the read-your-writes token, POST /loans/:id/return.
-// Every second it sends the parent { t, ok, errors: { type: n }, lat: [ms * 10, ...], users }.
+// Every second it sends the parent { t, ok, errors: { type: n }, lat: [ms * 10, ...], users,
+// byKind: { read | ryw | write: [ms * 10, ...] } } (read: the 16 cached reads; ryw: the read of
+// one's own loan with the token; write: the loan and its return; after a refused loan the
+// last two are book reads but keep their kind).
 import { randomUUID } from 'node:crypto'
 import autocannon from 'autocannon'
 
@@ -17,12 +20,17 @@ export function userRequests({ bookCount, authors }) {
   const book = () => `/books/${1 + Math.floor(Math.random() * bookCount)}`
   const author = () =>
     `/books?author=${encodeURIComponent(authors[Math.floor(Math.random() * authors.length)])}`
-  const read = (path) => ({ method: 'GET', setupRequest: (req) => ({ ...req, method: 'GET', path: path() }) })
+  const read = (path) => ({
+    kind: 'read',
+    method: 'GET',
+    setupRequest: (req) => ({ ...req, method: 'GET', path: path() }),
+  })
   const reads = [
     ...Array.from({ length: 13 }, () => read(book)),
     ...Array.from({ length: 3 }, () => read(author)),
   ]
   const lend = {
+    kind: 'write',
     method: 'POST',
     setupRequest: (req, context) => {
       context.loan = randomUUID()
@@ -45,7 +53,8 @@ export function userRequests({ bookCount, authors }) {
     },
   }
   // After a failed or refused lend, the user reads a book instead of its loan.
-  const afterLend = (path) => ({
+  const afterLend = (kind, path) => ({
+    kind,
     method: 'GET',
     setupRequest: (req, context) =>
       context.lent
@@ -57,8 +66,8 @@ export function userRequests({ bookCount, authors }) {
           }
         : { ...req, method: 'GET', path: book(), headers: {}, body: undefined },
   })
-  const rywRead = afterLend((c) => ({ method: 'GET', path: `/loans/${c.loan}` }))
-  const giveBack = afterLend((c) => ({ method: 'POST', path: `/loans/${c.loan}/return` }))
+  const rywRead = afterLend('ryw', (c) => ({ method: 'GET', path: `/loans/${c.loan}` }))
+  const giveBack = afterLend('write', (c) => ({ method: 'POST', path: `/loans/${c.loan}/return` }))
   return [...reads, lend, rywRead, giveBack]
 }
 
@@ -97,7 +106,11 @@ function thinking(thinkMs, timers) {
 
 function run(plan) {
   const started = Date.now()
-  let bucket = { ok: 0, errors: {}, lat: [] }
+  const empty = () => ({ ok: 0, errors: {}, lat: [], byKind: { read: [], ryw: [], write: [] } })
+  let bucket = empty()
+  // autocannon calls a request's onResponse, then emits 'response' for it, in one tick: the
+  // kind noted by the first is the kind of the latency the second reports.
+  let lastKind = 'read'
   let users = 0
   const timers = new Set()
   const instances = []
@@ -111,22 +124,33 @@ function run(plan) {
       ...r,
       onResponse: (status, body, context, headers) => {
         r.onResponse?.(status, body, context, headers)
+        lastKind = r.kind
         const type = classify(status, body)
         if (type === undefined) bucket.ok++
         else fail(type)
       },
     })
-  const startGroup = (g) => {
+  // Every user of a group starts at the same point of the cycle: each group starts at another
+  // (so that a short run sees loans too, and the loans do not come in waves).
+  const rotated = (i) => {
+    const k = (i * 7) % requests.length
+    return [...requests.slice(k), ...requests.slice(0, k)]
+  }
+  const startGroup = (g, i) => {
     const instance = autocannon({
       url: plan.url,
       connections: g.users,
       duration: Math.max(1, g.stopS - g.startS),
       timeout: plan.timeoutS,
-      requests: requests.map(wrap),
+      requests: rotated(i).map(wrap),
       setupClient: thinking(plan.thinkMs, timers),
     })
     users += g.users
-    instance.on('response', (_client, _status, _bytes, ms) => bucket.lat.push(Math.round(ms * 10)))
+    instance.on('response', (_client, _status, _bytes, ms) => {
+      const v = Math.round(ms * 10)
+      bucket.lat.push(v)
+      bucket.byKind[lastKind].push(v)
+    })
     instance.on('timeout', () => fail('timeout'))
     instance.on('reqError', (err) => fail(`network ${err.code ?? err.message}`))
     instance.on('done', () => {
@@ -135,11 +159,11 @@ function run(plan) {
     instances.push(instance)
     instance.catch?.((err) => process.send({ error: String(err) }))
   }
-  for (const g of plan.groups) setTimeout(() => startGroup(g), g.startS * 1000)
+  plan.groups.forEach((g, i) => setTimeout(() => startGroup(g, i), g.startS * 1000))
   const tick = setInterval(() => {
     const t = Math.round((Date.now() - started) / 1000)
     process.send({ t, users, ...bucket })
-    bucket = { ok: 0, errors: {}, lat: [] }
+    bucket = empty()
   }, SEND_EVERY_MS)
   const endS = Math.max(...plan.groups.map((g) => g.stopS))
   setTimeout(
