@@ -157,9 +157,10 @@ function run(plan) {
       users -= g.users
     })
     instances.push(instance)
-    instance.catch?.((err) => process.send({ error: String(err) }))
   }
-  plan.groups.forEach((g, i) => setTimeout(() => startGroup(g, i), g.startS * 1000))
+  plan.groups.forEach((g, i) => {
+    setTimeout(() => startGroup(g, i), g.startS * 1000)
+  })
   const tick = setInterval(() => {
     const t = Math.round((Date.now() - started) / 1000)
     process.send({ t, users, ...bucket })
