@@ -24,3 +24,5 @@ export type { CheckDefinition, EventLoopOptions, HealthOptions, SignalOptions } 
 export { DEFAULT_EVENT_LOOP_OPTIONS, DEFAULT_HEALTH_OPTIONS, DEFAULT_SIGNAL_OPTIONS } from './options.js'
 export type { BreakerEntry, CheckEntry, HealthReport, PublicCheckEntry, PublicReport } from './report.js'
 export type { CheckContext, CheckFunction, CheckResult, CheckReturn, CheckStatus } from './result.js'
+export type { ShedChange, ShedOptions, ShedReason, ShedStats } from './shed.js'
+export { DEFAULT_SHED_OPTIONS } from './shed.js'

@@ -123,6 +123,29 @@ export async function createMetricsHandler(
     },
   })
 
+  if (health.shedStats() !== undefined) {
+    new prom.Counter({
+      name: fresh('resilient_health_shed_requests_total'),
+      help: 'Application requests answered 503 because the process was overloaded, by the threshold crossed.',
+      labelNames: ['reason'],
+      registers: [register],
+      collect() {
+        const stats = health.shedStats()
+        if (!stats) return
+        this.reset()
+        for (const [reason, n] of Object.entries(stats.byReason)) this.inc({ reason }, n)
+      },
+    })
+    new prom.Gauge({
+      name: fresh('resilient_health_shedding'),
+      help: '1 while load shedding is on (a threshold crossed at the last sample).',
+      registers: [register],
+      collect() {
+        this.set(health.shedStats()?.shedding === undefined ? 0 : 1)
+      },
+    })
+  }
+
   return (_req, res) => {
     register.metrics().then(
       (text) => {
