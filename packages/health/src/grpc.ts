@@ -83,7 +83,7 @@ interface Watcher {
 /**
  * Registers `grpc.health.v1.Health` (Check, Watch, List) on `server`: service `''` is
  * readiness (SERVING for pass and warn, as /ready answers 200), each check answers under its
- * name, liveness under `livenessService`. Returns a Disposable that removes the service.
+ * name (SERVING only while it passes), liveness under `livenessService`. Returns a Disposable that removes the service.
  */
 export function addHealthService(
   server: GrpcServerLike,
@@ -112,7 +112,9 @@ export function addHealthService(
     if (service === '') return health.isShuttingDown || health.status === 'fail' ? 'NOT_SERVING' : 'SERVING'
     const s = health.checkStatus(service)
     if (s === undefined) return 'SERVICE_UNKNOWN'
-    return health.isShuttingDown || s === 'fail' ? 'NOT_SERVING' : 'SERVING'
+    // A check's own service is SERVING only while it passes: a warn (degraded, e.g. Redis
+    // down while the cache serves from L1) leaves '' SERVING but says so for that component.
+    return health.isShuttingDown || s !== 'pass' ? 'NOT_SERVING' : 'SERVING'
   }
 
   const watchers = new Set<Watcher>()

@@ -11,17 +11,23 @@ afterEach(async () => {
   for (const c of cleanup.splice(0).reverse()) await c()
 })
 
-const state = { db: true, cache: true }
+const state = { db: true, cache: true, slow: false }
 
 async function setup(options: HealthOptions = {}, grpcOptions = {}) {
   state.db = true
   state.cache = true
+  state.slow = false
   const health: Health = createHealth({
     eventLoop: false,
     intervalMs: 100,
     checks: {
       db: { check: async () => state.db, critical: true },
       cache: { check: async () => state.cache, critical: false },
+      // warn: degraded but serving (what cache.check says while Redis is down)
+      queue: {
+        check: async () => (state.slow ? { status: 'warn' as const, output: 'slow' } : true),
+        critical: false,
+      },
     },
     ...options,
   })
@@ -56,6 +62,14 @@ describe('grpc.health.v1 Check', () => {
     await expect(check(client, 'nope')).rejects.toMatchObject({ code: grpc.status.NOT_FOUND })
   })
 
+  it("a check that warns: '' stays SERVING, the check's own service is NOT_SERVING", async () => {
+    const { health, client } = await setup()
+    state.slow = true
+    await health.refresh()
+    expect(health.status).toBe('warn')
+    expect(await statuses(client, ['', 'queue', 'db'])).toEqual(['SERVING', 'NOT_SERVING', 'SERVING'])
+  })
+
   it('answers from cached state: 300 Checks run no check', async () => {
     const { health, client } = await setup({ intervalMs: 60_000 })
     await health.refresh()
@@ -83,6 +97,7 @@ describe('grpc.health.v1 Check', () => {
       '': { status: 'SERVING' },
       db: { status: 'SERVING' },
       cache: { status: 'NOT_SERVING' },
+      queue: { status: 'SERVING' },
       live: { status: 'SERVING' },
     })
   })
