@@ -400,7 +400,8 @@ describe('Prisma 7 (@prisma/adapter-pg)', () => {
     // operation per writer (later ones wait for the new primary). A plain write is the
     // router's E_COMMIT_UNKNOWN. An interactive transaction runs on a connection from
     // db.primary.connect(), whose statements the router does not classify: pg's own error for
-    // a lost connection (no code), or the dying server's connection-class SQLSTATE (57P0x, 08xxx).
+    // a lost connection (no code), Prisma's P1017 for a reset socket, or the dying server's
+    // connection-class SQLSTATE (57P0x, 08xxx) in a P2039.
     expect(writeErrors.length).toBeLessThanOrEqual(2)
     for (const e of writeErrors) {
       if (!e.tx) expect(e.code, e.message).toBe('E_COMMIT_UNKNOWN')
@@ -408,6 +409,7 @@ describe('Prisma 7 (@prisma/adapter-pg)', () => {
         expect(
           e.code === 'E_COMMIT_UNKNOWN' ||
             (e.code === undefined && e.sqlstate === undefined) ||
+            e.code === 'P1017' || // Prisma's "Server has closed the connection" (a socket reset)
             /^(57P0[123]|08...)$/.test(e.sqlstate ?? ''),
           JSON.stringify(e),
         ).toBe(true)
