@@ -2,16 +2,17 @@ import { existsSync } from 'node:fs'
 import { resolve } from 'node:path'
 import { parseArgs } from 'node:util'
 import { Lab, type LabStatus } from './lab.js'
+import { stateSecrets } from './lifecycle.js'
 import { killLabSync, serverPids, teardown } from './procs.js'
 import { startLab } from './start.js'
 import { readState, statePath } from './state.js'
-import { errorMessage, isProcessAlive } from './util.js'
+import { errorMessage, isProcessAlive, redactSecrets } from './util.js'
 
 export const USAGE = `resilient-lab: a real Patroni + etcd + Redis (+ Sentinel) cluster on 127.0.0.1, for tests.
 
 Usage:
   resilient-lab up [--nodes N] [--sync] [--failsafe] [--sentinel] [--redis-replica] [--redis-cluster]
-                   [--no-redis] [--dir DIR] [--timeout MS] [--json]
+                   [--no-redis] [--tls] [--dir DIR] [--timeout MS] [--json]
   resilient-lab status [--dir DIR] [--json]
   resilient-lab down [--dir DIR]
   resilient-lab chaos <verb> [arg] [--dir DIR] [--json]
@@ -46,6 +47,11 @@ Chaos verbs:
                             (--redis-cluster) kill -9 a master; waits until its replica took over
   restart-redis-node NAME   start a stopped Redis server or Redis Cluster node again
   wait-redis-failover       (--sentinel) wait until the sentinels promote another server
+  rotate-postgres-password [PW]
+                            ALTER ROLE app PASSWORD (default: a random one); prints the new one
+  rotate-redis-password [PW]
+                            (--tls) ACL SETUSER app on every Redis server, sentinel and cluster node
+                            (--keep-old: the old password keeps working too); prints the new one
 
 Options:
   --dir DIR        lab folder (default: .lab under the current directory)
@@ -56,6 +62,7 @@ Options:
   --redis-replica  a Redis replica and a fixed endpoint in front of the primary
   --redis-cluster  a Redis Cluster: 3 masters + 3 replicas
   --no-redis       no Redis
+  --tls            TLS everywhere but etcd (a throw-away CA), Patroni API Basic auth, Redis ACL users
   --timeout MS     how long to wait for readiness or a chaos verb (default 90000)
   --json           machine-readable output
 `
@@ -82,6 +89,8 @@ export interface ParsedCli {
   sentinel: boolean
   redisReplica: boolean
   redisCluster: boolean
+  tls: boolean
+  keepOld: boolean
   drop: boolean
   redis: boolean
   json: boolean
@@ -104,6 +113,8 @@ export function parseCli(argv: string[], cwd: string): ParsedCli {
       sentinel: { type: 'boolean', default: false },
       'redis-replica': { type: 'boolean', default: false },
       'redis-cluster': { type: 'boolean', default: false },
+      tls: { type: 'boolean', default: false },
+      'keep-old': { type: 'boolean', default: false },
       drop: { type: 'boolean', default: false },
       'no-redis': { type: 'boolean', default: false },
       json: { type: 'boolean', default: false },
@@ -130,6 +141,8 @@ export function parseCli(argv: string[], cwd: string): ParsedCli {
     sentinel: values.sentinel ?? false,
     redisReplica: values['redis-replica'] ?? false,
     redisCluster: values['redis-cluster'] ?? false,
+    tls: values.tls ?? false,
+    keepOld: values['keep-old'] ?? false,
     drop: values.drop ?? false,
     redis: !(values['no-redis'] ?? false),
     json: values.json ?? false,
@@ -169,7 +182,7 @@ export async function runCli(argv: string[], io: CliIO = defaultIO): Promise<num
         return 2
     }
   } catch (err) {
-    io.err(`resilient-lab ${cli.command}: ${errorMessage(err)}\n`)
+    io.err(`resilient-lab ${cli.command}: ${redactForDir(cli.dir, errorMessage(err))}\n`)
     return 1
   }
 }
@@ -208,6 +221,7 @@ async function up(cli: ParsedCli, io: CliIO, log: (line: string) => void): Promi
       sentinel: cli.sentinel,
       redisReplica: cli.redisReplica,
       redisCluster: cli.redisCluster,
+      tls: cli.tls,
       baseDir: cli.dir,
       readyTimeoutMs: cli.timeoutMs,
       persistent: true,
@@ -222,56 +236,102 @@ async function up(cli: ParsedCli, io: CliIO, log: (line: string) => void): Promi
   return 0
 }
 
+/** Credentials without the CA's PEM (the description names the CA file once, in `tls`). */
+interface Creds {
+  user?: string
+  username?: string
+  password?: string
+  database?: string
+}
+
 export interface LabDescription {
   baseDir: string
   stateFile: string
   bootSeconds: number | undefined
+  /** The CA clients trust (`--tls`). */
+  tls?: { caPath: string }
   postgres?: { user: string; password: string; database: string }
+  /** The application role (rotate-postgres-password changes its password). */
+  postgresApp?: { user: string; password: string; database: string }
   connectionString?: string
-  patroni?: { endpoints: string[]; scope: string }
+  patroni?: { endpoints: string[]; scope: string; auth?: { username: string; password: string } }
   members: Array<{ name: string; host: string; port: number; apiUrl: string; role?: string }>
-  redis?: { host: string; port: number }
+  redis?: { host: string; port: number; username?: string; password?: string }
   redisEndpoint?: { host: string; port: number }
   redisCluster?: { nodes: Array<{ name: string; host: string; port: number; role: string }> }
   sentinel?: { sentinels: Array<{ host: string; port: number }>; name: string }
 }
 
+function creds<T extends Creds>(c: T): Pick<T, 'user' | 'username' | 'password' | 'database'> {
+  const out: Creds = {}
+  for (const k of ['user', 'username', 'password', 'database'] as const) if (c[k] !== undefined) out[k] = c[k]
+  return out as Pick<T, 'user' | 'username' | 'password' | 'database'>
+}
+
 async function describe(lab: Lab): Promise<LabDescription> {
   const hasPg = lab.members.length > 0
   const cluster = hasPg ? await lab.cluster().catch(() => undefined) : undefined
+  const app = lab.postgresApp
+  const patroni = lab.patroni
+  const redis = lab.state.redis.length > 0 ? lab.redis : undefined
+  const endpoint = lab.redisEndpoint
+  const redisCluster = lab.redisCluster
+  const sentinel = lab.sentinel
   return {
     baseDir: lab.baseDir,
     stateFile: statePath(lab.baseDir),
     bootSeconds: lab.bootSeconds,
+    ...(lab.tls ? { tls: { caPath: lab.tls.caPath } } : {}),
     ...(hasPg
-      ? { postgres: lab.postgres, connectionString: lab.connectionString(), patroni: lab.patroni }
+      ? {
+          postgres: creds(lab.postgres),
+          ...(app ? { postgresApp: creds(app) } : {}),
+          connectionString: lab.connectionString(),
+          patroni: {
+            endpoints: patroni.endpoints,
+            scope: patroni.scope,
+            ...(patroni.auth ? { auth: patroni.auth } : {}),
+          },
+        }
       : {}),
     members: lab.members.map((m) => {
       const role = cluster?.members.find((c) => c.name === m.name)?.role
       return { ...m, ...(role ? { role } : {}) }
     }),
-    ...(lab.state.redis.length > 0 ? { redis: lab.redis } : {}),
-    ...(lab.redisEndpoint ? { redisEndpoint: lab.redisEndpoint } : {}),
-    ...(lab.redisCluster ? { redisCluster: lab.redisCluster } : {}),
-    ...(lab.sentinel ? { sentinel: lab.sentinel } : {}),
+    ...(redis ? { redis: { host: redis.host, port: redis.port, ...creds(redis) } } : {}),
+    ...(endpoint ? { redisEndpoint: { host: endpoint.host, port: endpoint.port } } : {}),
+    ...(redisCluster ? { redisCluster: { nodes: redisCluster.nodes } } : {}),
+    ...(sentinel ? { sentinel: { sentinels: sentinel.sentinels, name: sentinel.name } } : {}),
   }
 }
 
 export function formatUp(info: LabDescription): string {
   const lines = [`lab up in ${info.bootSeconds ?? '?'} s: ${info.baseDir}`]
+  if (info.tls) lines.push(`tls        CA ${info.tls.caPath} (every server but etcd: TLS only)`)
   if (info.postgres) {
     lines.push(
       `postgres   user=${info.postgres.user} password=${info.postgres.password} database=${info.postgres.database}`,
-      `primary    ${info.connectionString}`,
     )
+    if (info.postgresApp)
+      lines.push(
+        `app        user=${info.postgresApp.user} password=${info.postgresApp.password} database=${info.postgresApp.database}`,
+      )
+    lines.push(`primary    ${info.connectionString}`)
     for (const m of info.members) {
       lines.push(
         `  ${m.name.padEnd(5)} ${(m.role ?? '?').padEnd(12)} ${m.host}:${m.port}  patroni ${m.apiUrl}`,
       )
     }
     lines.push(`patroni    ${info.patroni?.endpoints.join(',')}`)
+    if (info.patroni?.auth)
+      lines.push(
+        `patroni    basic auth user=${info.patroni.auth.username} password=${info.patroni.auth.password}`,
+      )
   }
-  if (info.redis) lines.push(`redis      ${info.redis.host}:${info.redis.port}`)
+  if (info.redis) {
+    const auth = info.redis.username ? ` user=${info.redis.username} password=${info.redis.password}` : ''
+    lines.push(`redis      ${info.redis.host}:${info.redis.port}${auth}`)
+  }
   if (info.redisEndpoint)
     lines.push(`endpoint   ${info.redisEndpoint.host}:${info.redisEndpoint.port} (follows the Redis primary)`)
   if (info.redisCluster) {
@@ -457,19 +517,19 @@ async function chaos(cli: ParsedCli, io: CliIO, log: (line: string) => void): Pr
     }
     case 'pause-redis':
       await lab.pauseRedis()
-      result = { paused: lab.redis }
+      result = { paused: address(lab.redis) }
       break
     case 'resume-redis':
       await lab.resumeRedis()
-      result = { resumed: lab.redis }
+      result = { resumed: address(lab.redis) }
       break
     case 'kill-redis':
       await lab.killRedis()
-      result = { killed: lab.redis }
+      result = { killed: address(lab.redis) }
       break
     case 'restart-redis':
       await lab.restartRedis()
-      result = { restarted: lab.redis }
+      result = { restarted: address(lab.redis) }
       break
     case 'kill-redis-primary':
       result = { killed: await lab.killRedisPrimary() }
@@ -493,9 +553,23 @@ async function chaos(cli: ParsedCli, io: CliIO, log: (line: string) => void): Pr
       await lab.restartRedisNode(need('a Redis server name'))
       result = { restarted: arg }
       break
-    case 'wait-redis-failover':
-      result = { master: await lab.waitForRedisFailover({ timeoutMs: cli.timeoutMs }) }
+    case 'wait-redis-failover': {
+      const m = await lab.waitForRedisFailover({ timeoutMs: cli.timeoutMs })
+      result = { master: { host: m.host, port: m.port } }
       break
+    }
+    case 'rotate-postgres-password': {
+      await lab.rotatePostgresPassword(arg, { timeoutMs: cli.timeoutMs })
+      const app = lab.postgresApp!
+      result = { user: app.user, password: app.password }
+      break
+    }
+    case 'rotate-redis-password': {
+      await lab.rotateRedisPassword(arg, { keepOld: cli.keepOld })
+      const r = lab.redis
+      result = { user: r.username, password: r.password }
+      break
+    }
     default:
       throw new Error(`unknown chaos verb "${verb}" (see resilient-lab help)`)
   }
@@ -504,6 +578,20 @@ async function chaos(cli: ParsedCli, io: CliIO, log: (line: string) => void): Pr
   if (cli.json) io.out(`${JSON.stringify({ verb, ...(result as object), seconds })}\n`)
   else io.out(`${verb}: ${formatResult(result)} (${seconds} s)\n`)
   return 0
+}
+
+/** A message with the passwords of the lab in `dir` (if any) redacted. */
+function redactForDir(dir: string, text: string): string {
+  try {
+    return redactSecrets(text, stateSecrets(readState(dir)))
+  } catch {
+    return text
+  }
+}
+
+/** Host and port only (lab.redis also holds the credentials with --tls). */
+function address(a: { host: string; port: number }): { host: string; port: number } {
+  return { host: a.host, port: a.port }
 }
 
 function formatResult(result: unknown): string {

@@ -39,6 +39,23 @@ export interface PatroniMemberConfigInput {
    */
   failsafeMode?: boolean
   binDir?: string
+  /**
+   * TLS everywhere Patroni and PostgreSQL listen (`startLab({ tls: true })`): PostgreSQL with
+   * `ssl = on` and `hostssl` + scram-sha-256 only (plain TCP has no pg_hba line: refused),
+   * `local` with scram-sha-256 too; Patroni's own connections (replication, pg_rewind) with
+   * `sslmode: verify-full` against the CA; the REST API over HTTPS, and Patroni's calls to the
+   * other members (and patronictl's) verifying the CA (`ctl.cacert`).
+   */
+  tls?: TlsFiles
+  /** Basic auth of the REST API's unsafe verbs (POST, PATCH, PUT, DELETE): `restapi.authentication`. */
+  restapiAuth?: { username: string; password: string }
+}
+
+/** The files a TLS server needs (see tls.ts): the CA certificate, its own certificate and key. */
+export interface TlsFiles {
+  caPath: string
+  certPath: string
+  keyPath: string
 }
 
 /**
@@ -46,11 +63,20 @@ export interface PatroniMemberConfigInput {
  * YAML, so the file is written with JSON.stringify: no YAML dependency and no quoting pitfalls.
  */
 export function patroniConfig(input: PatroniMemberConfigInput): Record<string, unknown> {
-  const hba = [
-    'local all all trust',
-    `host replication ${input.replication.username} ${HOST}/32 trust`,
-    `host all all ${HOST}/32 scram-sha-256`,
-  ]
+  const tls = input.tls
+  const hba = tls
+    ? [
+        'local all all scram-sha-256',
+        `hostssl replication ${input.replication.username} ${HOST}/32 scram-sha-256`,
+        `hostssl all all ${HOST}/32 scram-sha-256`,
+      ]
+    : [
+        'local all all trust',
+        `host replication ${input.replication.username} ${HOST}/32 trust`,
+        `host all all ${HOST}/32 scram-sha-256`,
+      ]
+  // Patroni's own connections to the other members (pg_basebackup, primary_conninfo, pg_rewind).
+  const verify = tls ? { sslmode: 'verify-full', sslrootcert: tls.caPath } : {}
   return {
     scope: input.scope,
     namespace: '/resilient-lab/',
@@ -59,7 +85,11 @@ export function patroniConfig(input: PatroniMemberConfigInput): Record<string, u
     restapi: {
       listen: `${HOST}:${input.apiPort}`,
       connect_address: `${HOST}:${input.apiPort}`,
+      ...(tls ? { certfile: tls.certPath, keyfile: tls.keyPath, cafile: tls.caPath } : {}),
+      ...(input.restapiAuth ? { authentication: input.restapiAuth } : {}),
     },
+    // Patroni's calls to the other members' REST API (and patronictl's) verify their certificate.
+    ...(tls ? { ctl: { insecure: false, cacert: tls.caPath } } : {}),
     etcd3: { hosts: [`${HOST}:${input.etcdClientPort}`] },
     bootstrap: {
       dcs: {
@@ -98,8 +128,8 @@ export function patroniConfig(input: PatroniMemberConfigInput): Record<string, u
       remove_data_directory_on_rewind_failure: true,
       remove_data_directory_on_diverged_timelines: true,
       authentication: {
-        superuser: input.superuser,
-        replication: input.replication,
+        superuser: { ...input.superuser, ...verify },
+        replication: { ...input.replication, ...verify },
       },
       parameters: {
         unix_socket_directories: input.socketDir,
@@ -111,6 +141,7 @@ export function patroniConfig(input: PatroniMemberConfigInput): Record<string, u
         logging_collector: 'off',
         log_line_prefix: '%m [%p] ',
         log_min_messages: 'warning',
+        ...(tls ? { ssl: 'on', ssl_cert_file: tls.certPath, ssl_key_file: tls.keyPath } : {}),
       },
       pg_hba: hba,
       basebackup: [{ checkpoint: 'fast' }, 'no-sync'],
@@ -158,17 +189,38 @@ export function etcdArgs(input: EtcdInput): string[] {
 }
 
 export interface RedisInput {
+  /** The port clients use: the TLS port (`tls-port`, with `port 0`) when `tls` is set. */
   port: number
   dir: string
   /** When set, this server starts as a replica of 127.0.0.1:replicaOf. */
   replicaOf?: number
+  /**
+   * TLS only: `port 0`, `tls-port`, no client certificates asked (`tls-auth-clients no`: clients
+   * authenticate with an ACL user), replication over TLS (`tls-replication yes`).
+   */
+  tls?: TlsFiles
+}
+
+/** The TLS directives shared by Redis servers and Sentinels (as argv pairs). */
+function redisTlsDirectives(port: number, tls: TlsFiles): Array<[string, string]> {
+  return [
+    ['port', '0'],
+    ['tls-port', String(port)],
+    ['tls-cert-file', tls.certPath],
+    ['tls-key-file', tls.keyPath],
+    ['tls-ca-cert-file', tls.caPath],
+    ['tls-auth-clients', 'no'],
+    ['tls-replication', 'yes'],
+  ]
 }
 
 /** redis-server arguments. No persistence: a restart starts empty, as a cache usually does. */
 export function redisArgs(input: RedisInput): string[] {
+  const listen = input.tls
+    ? redisTlsDirectives(input.port, input.tls).flatMap(([k, v]) => [`--${k}`, v])
+    : ['--port', String(input.port)]
   const args = [
-    '--port',
-    String(input.port),
+    ...listen,
     '--bind',
     HOST,
     '--dir',
@@ -214,12 +266,15 @@ export interface RedisClusterNodeInput {
   busPort: number
   dir: string
   nodeTimeoutMs?: number
+  /** TLS for clients, replication and the cluster bus (`tls-cluster yes`). */
+  tls?: TlsFiles
 }
 
 /** redis-server arguments of a Redis Cluster node (no persistence; nodes.conf in its folder). */
 export function redisClusterArgs(input: RedisClusterNodeInput): string[] {
   return [
-    ...redisArgs({ port: input.port, dir: input.dir }),
+    ...redisArgs({ port: input.port, dir: input.dir, ...(input.tls ? { tls: input.tls } : {}) }),
+    ...(input.tls ? ['--tls-cluster', 'yes'] : []),
     '--cluster-enabled',
     'yes',
     // Relative to --dir: the node's own folder.
@@ -242,13 +297,24 @@ export interface SentinelInput {
   name?: string
   downAfterMs?: number
   failoverTimeoutMs?: number
+  /** TLS only (`port 0`, `tls-port`), to clients, to the Redis servers and to the other sentinels. */
+  tls?: TlsFiles
+  /**
+   * ACL users of the sentinel (default user off) and the user it authenticates with to the
+   * Redis servers and the other sentinels (`auth-user`/`auth-pass`, `sentinel-user`/`sentinel-pass`).
+   */
+  auth?: RedisAuth
 }
 
-/** A sentinel.conf (Sentinel rewrites this file, so it must be a writable file of its own). */
+/** A sentinel.conf (Sentinel rewrites this file, so it must be a writable file of its own; mode 0600 with auth). */
 export function sentinelConf(input: SentinelInput): string {
   const name = input.name ?? SENTINEL_MASTER_NAME
+  const listen = input.tls
+    ? redisTlsDirectives(input.port, input.tls).map(([k, v]) => `${k} ${v}`)
+    : [`port ${input.port}`]
+  const auth = input.auth
   return [
-    `port ${input.port}`,
+    ...listen,
     `bind ${HOST}`,
     'protected-mode no',
     'daemonize no',
@@ -259,6 +325,56 @@ export function sentinelConf(input: SentinelInput): string {
     `sentinel down-after-milliseconds ${name} ${input.downAfterMs ?? 1000}`,
     `sentinel failover-timeout ${name} ${input.failoverTimeoutMs ?? 10_000}`,
     `sentinel parallel-syncs ${name} 1`,
+    ...(auth
+      ? [
+          ...redisUserLines(auth),
+          `sentinel auth-user ${name} ${quoteConf(auth.adminUser)}`,
+          `sentinel auth-pass ${name} ${quoteConf(auth.adminPassword)}`,
+          `sentinel sentinel-user ${quoteConf(auth.adminUser)}`,
+          `sentinel sentinel-pass ${quoteConf(auth.adminPassword)}`,
+        ]
+      : []),
+    '',
+  ].join('\n')
+}
+
+/**
+ * The Redis credentials of a lab started with `tls: true`. `username`/`password` are the
+ * application's (what `lab.redis` hands to clients; `rotateRedisPassword()` changes it);
+ * `adminUser`/`adminPassword` are the lab's own (its chaos verbs, replication's `masteruser`,
+ * the sentinels' `auth-user`), which never rotate, so a rotation never breaks a chaos verb.
+ */
+export interface RedisAuth {
+  username: string
+  password: string
+  adminUser: string
+  adminPassword: string
+}
+
+/** A config-file argument in double quotes (Redis's sdssplitargs reads \\ and \" inside them). */
+export function quoteConf(value: string): string {
+  return `"${value.replace(/\\/g, '\\\\').replace(/"/g, '\\"')}"`
+}
+
+/** `user` directives: the default user off, the lab's admin and the application's user. */
+function redisUserLines(auth: RedisAuth): string[] {
+  return [
+    'user default off',
+    `user ${quoteConf(auth.adminUser)} on ${quoteConf(`>${auth.adminPassword}`)} ~* &* +@all`,
+    `user ${quoteConf(auth.username)} on ${quoteConf(`>${auth.password}`)} ~* &* +@all`,
+  ]
+}
+
+/**
+ * The secrets of a Redis server (or Redis Cluster node) as a config file (mode 0600, given to
+ * redis-server as its config file, the rest on the command line so that `ps` shows no password):
+ * its ACL users, and the user it replicates with (`masteruser`/`masterauth`).
+ */
+export function redisSecretsConf(auth: RedisAuth): string {
+  return [
+    ...redisUserLines(auth),
+    `masteruser ${quoteConf(auth.adminUser)}`,
+    `masterauth ${quoteConf(auth.adminPassword)}`,
     '',
   ].join('\n')
 }

@@ -19,4 +19,11 @@ export interface LabContext {
   readonly readyTimeoutMs: number
   /** Records a PID the lab started (and saves). */
   recordPid(pid: number): void
+  /**
+   * `text` with every secret of the lab (passwords, current and rotated away) replaced by
+   * `[redacted]`: for server output (psql's stderr, log tails) that goes into an error.
+   */
+  redact(text: string): string
+  /** The lab's CA certificate (PEM) when it runs TLS (`tls: true`), else undefined. */
+  ca(): string | undefined
 }

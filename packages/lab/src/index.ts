@@ -4,8 +4,10 @@ export {
   etcdArgs,
   patroniConfig,
   REDIS_CLUSTER_DEFAULTS,
+  type RedisAuth,
   redisArgs,
   redisClusterArgs,
+  redisSecretsConf,
   SENTINEL_MASTER_NAME,
   scopeFor,
   sentinelConf,
@@ -19,8 +21,12 @@ export {
   type LabMemberStatus,
   type LabStatus,
   logShowsDivergence,
+  type PatroniAccess,
+  type PostgresCredentials,
   parsePsqlOutput,
+  type RedisAccess,
   type RedisAddress,
+  type RedisClientAccess,
   type SentinelInfo,
   type StartMemberOptions,
   type StartMemberResult,
@@ -41,7 +47,8 @@ export {
   type RedisClusterNode,
   slotRanges,
 } from './redis-cluster.js'
-export { parseReply, RespError, type RespValue, redisCommand } from './resp.js'
+export { parseReply, type RedisClientOptions, RespError, type RespValue, redisCommand } from './resp.js'
+export { scramVerifier } from './scram.js'
 export { type LabOptions, startLab } from './start.js'
 export {
   type LabState,
@@ -52,4 +59,12 @@ export {
   statePath,
   writeState,
 } from './state.js'
+export {
+  type CertificateAuthority,
+  createCertificateAuthority,
+  type IssuedCertificate,
+  type IssueOptions,
+  issueCertificate,
+  type TlsState,
+} from './tls.js'
 export { isProcessAlive, waitFor } from './util.js'

@@ -3,7 +3,7 @@
  * the lifecycle (lifecycle.ts: state file, PIDs, exit hooks, watchdog, teardown), the Postgres
  * cluster (postgres.ts: etcd, Patroni, PostgreSQL, waits, kills, switchover, SQL;
  * postgres-rejoin.ts: bringing members back; postgres-gray.ts: freezes, read-only, replay
- * pause), the Redis servers
+ * pause; postgres-roles.ts: the application role and its password), the Redis servers
  * (redis.ts: standalone, replica and endpoint, Sentinel) and Redis Cluster (redis-cluster.ts).
  * startLab() (start.ts) plans, boots and waits for them.
  */
@@ -15,13 +15,23 @@ import {
   type LabMember,
   type LabMemberStatus,
   type MemberStatusLine,
+  type PatroniAccess,
   PostgresCluster,
+  type PostgresCredentials,
   type StartMemberOptions,
   type StartMemberResult,
 } from './postgres.js'
 import { PostgresGrayFailures } from './postgres-gray.js'
 import { MemberRejoin } from './postgres-rejoin.js'
-import { type RedisAddress, RedisServers, type RedisStatusLine, type SentinelInfo } from './redis.js'
+import { PostgresAppRole } from './postgres-roles.js'
+import {
+  type RedisAccess,
+  type RedisAddress,
+  RedisServers,
+  type RedisStatusLine,
+  type SentinelInfo,
+} from './redis.js'
+import { rotateRedisPassword } from './redis-auth.js'
 import { type RedisClusterFailover, type RedisClusterInfo, RedisClusterPart } from './redis-cluster.js'
 import type { RespValue } from './resp.js'
 import type { LabState } from './state.js'
@@ -32,12 +42,15 @@ export {
   type FrozenMember,
   type LabMember,
   type LabMemberStatus,
+  type PatroniAccess,
+  type PostgresCredentials,
   parsePsqlOutput,
   type StartMemberOptions,
   type StartMemberResult,
 } from './postgres.js'
 export { logShowsDivergence } from './postgres-rejoin.js'
-export type { RedisAddress, SentinelInfo } from './redis.js'
+export type { RedisAccess, RedisAddress, SentinelInfo } from './redis.js'
+export type { RedisClientAccess } from './redis-auth.js'
 
 /** What status() reports: every part's servers. */
 export interface LabStatus {
@@ -61,6 +74,7 @@ export interface LabParts {
   postgres: PostgresCluster
   gray: PostgresGrayFailures
   rejoin: MemberRejoin
+  roles: PostgresAppRole
   redis: RedisServers
   redisCluster: RedisClusterPart
 }
@@ -77,6 +91,7 @@ export class Lab {
   readonly #pg: PostgresCluster
   readonly #gray: PostgresGrayFailures
   readonly #rejoin: MemberRejoin
+  readonly #roles: PostgresAppRole
   readonly #redis: RedisServers
   readonly #cluster: RedisClusterPart
 
@@ -91,6 +106,7 @@ export class Lab {
     this.#pg = new PostgresCluster(ctx)
     this.#gray = new PostgresGrayFailures(ctx, this.#pg)
     this.#rejoin = new MemberRejoin(ctx, this.#pg)
+    this.#roles = new PostgresAppRole(ctx, this.#pg)
     this.#redis = new RedisServers(ctx)
     this.#cluster = new RedisClusterPart(ctx)
   }
@@ -109,6 +125,16 @@ export class Lab {
   get state(): LabState {
     this.#life.refresh()
     return structuredClone(this.#life.state)
+  }
+
+  /**
+   * The lab's CA (`tls: true`): `ca` (PEM) and `caPath`, what every client trusts; undefined in
+   * a lab without TLS. The keys are never exposed.
+   */
+  get tls(): { ca: string; caPath: string } | undefined {
+    const ca = this.#life.ca()
+    const tls = this.#life.state.tls
+    return ca && tls ? { ca, caPath: tls.caPath } : undefined
   }
 
   /** Seconds startLab() took until the lab was ready. */
@@ -157,6 +183,7 @@ export class Lab {
       postgres: this.#pg,
       gray: this.#gray,
       rejoin: this.#rejoin,
+      roles: this.#roles,
       redis: this.#redis,
       redisCluster: this.#cluster,
     }
@@ -164,8 +191,8 @@ export class Lab {
 
   // ---------------------------------------------------------------- Postgres cluster
 
-  /** `{ endpoints, scope }`: every member's Patroni REST API. */
-  get patroni(): { endpoints: string[]; scope: string } {
+  /** `{ endpoints, scope }`: every member's Patroni REST API; with `tls: true` also `tls: { ca }` and `auth`. */
+  get patroni(): PatroniAccess {
     return this.#pg.patroni
   }
 
@@ -173,14 +200,28 @@ export class Lab {
     return this.#pg.members
   }
 
-  /** Credentials a client uses (password auth, scram-sha-256, on 127.0.0.1). */
-  get postgres(): { user: string; password: string; database: string } {
+  /** The superuser's credentials (scram-sha-256 on 127.0.0.1; with `tls: true` also `ssl: { ca }`). */
+  get postgres(): PostgresCredentials {
     return this.#pg.postgres
   }
 
-  /** postgres://... for a member; without a name, the leader as last observed. */
-  connectionString(memberName?: string): string {
-    return this.#pg.connectionString(memberName)
+  /** The application role's credentials (`app`), the one rotatePostgresPassword() changes. */
+  get postgresApp(): PostgresCredentials | undefined {
+    return this.#pg.postgresApp
+  }
+
+  /** postgres://... for a member; without a name, the leader as last observed; `app: true` as `app`. */
+  connectionString(memberName?: string, opts: { app?: boolean } = {}): string {
+    return this.#pg.connectionString(memberName, opts)
+  }
+
+  /**
+   * `ALTER ROLE app PASSWORD` on the leader (the SCRAM verifier is sent, not the password);
+   * default: a new random password. `postgresApp` has it afterwards. Resolves once the streaming
+   * replicas have it too. Open sessions stay open; new logins need the new password.
+   */
+  rotatePostgresPassword(password?: string, opts: { timeoutMs?: number } = {}): Promise<void> {
+    return this.#roles.rotate(password, opts)
   }
 
   /** PIDs of the postmasters running now (started by Patroni, not by the lab). */
@@ -308,8 +349,8 @@ export class Lab {
 
   // ---------------------------------------------------------------- Redis
 
-  /** The Redis server believed to be the primary. */
-  get redis(): RedisAddress {
+  /** The Redis server believed to be the primary; with `tls: true` also `username`, `password`, `tls: { ca }`. */
+  get redis(): RedisAccess {
     return this.#redis.redis
   }
 
@@ -319,7 +360,7 @@ export class Lab {
   }
 
   /** The fixed Redis endpoint (`redisReplica: true`), or undefined. */
-  get redisEndpoint(): RedisAddress | undefined {
+  get redisEndpoint(): RedisAccess | undefined {
     return this.#redis.redisEndpoint
   }
 
@@ -375,7 +416,20 @@ export class Lab {
     return this.#redis.demoteRedisPrimary(opts)
   }
 
-  /** One Redis command to a server of the lab (the primary by default). */
+  /**
+   * Changes the application user's Redis password (`ACL SETUSER app resetpass >new`, `tls: true`
+   * labs) on every running Redis server, Sentinel and Redis Cluster node; default: a new random
+   * one; `keepOld: true` adds the new one and keeps the old (a two-step rotation). `lab.redis`
+   * has it afterwards. Authenticated connections stay; a new AUTH needs the new password.
+   */
+  rotateRedisPassword(
+    password?: string,
+    opts: { keepOld?: boolean; timeoutMs?: number } = {},
+  ): Promise<void> {
+    return rotateRedisPassword(this.#life, password, opts)
+  }
+
+  /** One Redis command to a server of the lab (the primary by default; TLS and admin auth with `tls: true`). */
   redisCommand(args: string[], port?: number, timeoutMs?: number): Promise<RespValue> {
     return this.#redis.redisCommand(args, port, timeoutMs)
   }

@@ -23,6 +23,8 @@ import type { LabContext } from './context.js'
 import { defaultRegistryDir, type PortAllocator } from './ports.js'
 import { checkReachable, killLabSync, type RunAs, teardown, WATCHDOG_SOURCE } from './procs.js'
 import { type LabState, readState, STATE_VERSION, writeState } from './state.js'
+import { readCa } from './tls.js'
+import { redactSecrets } from './util.js'
 
 /** Lifecycles of labs this process owns, killed synchronously if the process exits. */
 const owned = new Set<LabLifecycle>()
@@ -68,6 +70,9 @@ export class LabLifecycle implements LabContext {
   #state: LabState
   readonly #log: (line: string) => void
   #down = false
+  /** Every secret this lab has held (a rotated password stays secret). */
+  readonly #secrets = new Set<string>()
+  #ca: { path: string; pem: string } | undefined
 
   constructor(
     state: LabState,
@@ -75,7 +80,9 @@ export class LabLifecycle implements LabContext {
   ) {
     this.#state = state
     this.baseDir = state.baseDir
-    this.#log = opts.log ?? (() => {})
+    const log = opts.log ?? (() => {})
+    // Every progress line goes through redact(): no password reaches a log, whatever a part writes.
+    this.#log = (line) => log(this.redact(line))
     this.readyTimeoutMs = opts.readyTimeoutMs ?? 90_000
     if (opts.owned) {
       owned.add(this)
@@ -89,6 +96,18 @@ export class LabLifecycle implements LabContext {
 
   log(line: string): void {
     this.#log(line)
+  }
+
+  ca(): string | undefined {
+    const tls = this.#state.tls
+    if (!tls) return undefined
+    if (this.#ca?.path !== tls.caPath) this.#ca = { path: tls.caPath, pem: readCa(tls) }
+    return this.#ca.pem
+  }
+
+  redact(text: string): string {
+    for (const secret of stateSecrets(this.#state)) this.#secrets.add(secret)
+    return redactSecrets(text, this.#secrets)
   }
 
   /**
@@ -204,11 +223,30 @@ export function prepareLabFolder(baseDirOption: string | undefined, runAs: RunAs
   return baseDir
 }
 
-/** A new lab's state before any part is planned: identity, credentials, no servers yet. */
+/** Every password a state holds. */
+export function stateSecrets(state: LabState): string[] {
+  const p = state.postgres
+  return [
+    p.password,
+    p.replicationPassword,
+    p.appPassword,
+    state.patroniAuth?.password,
+    state.redisAuth?.password,
+    state.redisAuth?.adminPassword,
+  ].filter((s): s is string => typeof s === 'string' && s.length > 0)
+}
+
+const secret = () => randomPassword(randomBytes(24))
+
+/**
+ * A new lab's state before any part is planned: identity, credentials, no servers yet. With
+ * `tls`, also the credentials of Patroni's REST API and of Redis's ACL users (the TLS material
+ * itself is made by startLab()).
+ */
 export function newLabState(
   baseDir: string,
   ports: PortAllocator,
-  opts: { persistent: boolean; synchronousMode: boolean; failsafeMode: boolean },
+  opts: { persistent: boolean; synchronousMode: boolean; failsafeMode: boolean; tls?: boolean },
 ): LabState {
   return {
     version: STATE_VERSION,
@@ -220,11 +258,19 @@ export function newLabState(
     ...(opts.failsafeMode ? { failsafeMode: true } : {}),
     postgres: {
       user: 'postgres',
-      password: randomPassword(randomBytes(24)),
+      password: secret(),
       database: 'postgres',
       replicationUser: 'replicator',
-      replicationPassword: randomPassword(randomBytes(24)),
+      replicationPassword: secret(),
+      appUser: 'app',
+      appPassword: secret(),
     },
+    ...(opts.tls
+      ? {
+          patroniAuth: { username: 'patroni', password: secret() },
+          redisAuth: { username: 'app', password: secret(), adminUser: 'admin', adminPassword: secret() },
+        }
+      : {}),
     members: [],
     redis: [],
     startedPids: [],

@@ -1,14 +1,17 @@
 import { execFileSync } from 'node:child_process'
-import { accessSync, constants } from 'node:fs'
-import { delimiter, join } from 'node:path'
+import { accessSync, constants, existsSync } from 'node:fs'
+import { delimiter, isAbsolute, join } from 'node:path'
 import { PG_BIN_DIR } from './config.js'
 
 export interface Requirement {
-  /** Executable looked up on PATH, or an absolute path. */
+  /** Executable looked up on PATH, or an absolute path (outside a bin/ folder: any file, e.g. a Python module). */
   binary: string
   /** The Debian package that provides it. */
   pkg: string
 }
+
+/** A file of Debian's python3-idna (a Python module, not an executable: checked to exist). */
+export const IDNA_MODULE = '/usr/lib/python3/dist-packages/idna/__init__.py'
 
 /** What a lab needs, for these options. */
 export function requirements(opts: {
@@ -16,8 +19,14 @@ export function requirements(opts: {
   redis: boolean
   sentinel: boolean
   redisCluster?: boolean
+  tls?: boolean
 }): Requirement[] {
   const out: Requirement[] = []
+  if (opts.tls) out.push({ binary: 'openssl', pkg: 'openssl' })
+  // patronictl against an HTTPS REST API: python-etcd injects pyOpenSSL into urllib3, whose
+  // check of a certificate's DNS names imports idna, which Debian's python3-urllib3 only suggests
+  // ("ModuleNotFoundError: No module named 'idna'"; the lab's certificate names localhost).
+  if (opts.tls && opts.nodes > 0) out.push({ binary: IDNA_MODULE, pkg: 'python3-idna' })
   if (opts.nodes > 0) {
     out.push(
       { binary: 'patroni', pkg: 'patroni' },
@@ -74,7 +83,9 @@ export function ensurePackages(
     run?: (cmd: string, args: string[]) => void
   } = {},
 ): void {
-  const exists = deps.exists ?? ((b: string) => which(b) !== undefined)
+  const exists =
+    deps.exists ??
+    ((b: string) => which(b) !== undefined || (isAbsolute(b) && !b.includes('/bin/') && existsSync(b)))
   const missing = missingPackages(reqs, exists)
   if (missing.length === 0) return
   const isRoot = deps.isRoot ?? process.getuid?.() === 0

@@ -5,7 +5,7 @@
  */
 import type { LabContext } from './context.js'
 import { continueTree, stopTree } from './freeze.js'
-import { apiUrl, type FrozenMember, type PostgresCluster } from './postgres.js'
+import type { FrozenMember, PostgresCluster } from './postgres.js'
 import type { MemberState } from './state.js'
 import { fatal, isProcessAlive, readPostmasterPid, waitFor } from './util.js'
 
@@ -84,8 +84,8 @@ export class PostgresGrayFailures {
       async () => {
         for (const m of this.#ctx.state.members) {
           if (!m.pid || !isProcessAlive(m.pid)) continue
-          const res = await fetch(`${apiUrl(m)}/patroni`, { signal: AbortSignal.timeout(1500) })
-          const st = (await res.json()) as { pause?: boolean }
+          const res = await this.#pg.api(m, '/patroni', { timeoutMs: 1500 })
+          const st = res.json<{ pause?: boolean }>()
           if (Boolean(st.pause) !== on) return undefined
         }
         return true
@@ -232,14 +232,9 @@ export class PostgresGrayFailures {
       async () => {
         for (const m of this.#reachableMembers()) {
           try {
-            const res = await fetch(`${apiUrl(m)}/config`, {
-              method: 'PATCH',
-              headers: { 'content-type': 'application/json' },
-              body: text,
-              signal: AbortSignal.timeout(2000),
-            })
-            const answer = await res.text()
-            if (res.ok) return true
+            const res = await this.#pg.api(m, '/config', { method: 'PATCH', body, timeoutMs: 2000 })
+            const answer = res.text
+            if (res.status >= 200 && res.status < 300) return true
             if (res.status >= 400 && res.status < 500)
               throw fatal(`PATCH /config on ${m.name}: ${res.status} ${answer.trim()}`)
           } catch (err) {

@@ -6,7 +6,6 @@
 import { closeSync, openSync, readSync, statSync } from 'node:fs'
 import type { LabContext } from './context.js'
 import {
-  apiUrl,
   fileSize,
   type PostgresCluster,
   REPLICA_ROLES,
@@ -148,15 +147,14 @@ export class MemberRejoin {
   async #reinitialize(name: string): Promise<boolean> {
     const member = this.#pg.member(name)
     try {
-      const res = await fetch(`${apiUrl(member)}/reinitialize`, {
+      const res = await this.#pg.api(member, '/reinitialize', {
         method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ force: true }),
-        signal: AbortSignal.timeout(5000),
+        body: { force: true },
+        timeoutMs: 5000,
       })
-      const text = await res.text()
-      if (!res.ok) this.#ctx.log(`POST /reinitialize on ${name}: ${res.status} ${text.trim()}`)
-      return res.ok
+      const ok = res.status >= 200 && res.status < 300
+      if (!ok) this.#ctx.log(`POST /reinitialize on ${name}: ${res.status} ${res.text.trim()}`)
+      return ok
     } catch (err) {
       this.#ctx.log(`POST /reinitialize on ${name}: ${errorMessage(err)}`)
       return false

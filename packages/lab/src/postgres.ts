@@ -15,6 +15,7 @@ import {
   patroniConfig,
 } from './config.js'
 import type { LabContext } from './context.js'
+import { type ApiRequest, type ApiResponse, apiRequest } from './http.js'
 import type { PortAllocator } from './ports.js'
 import { postgresUser, type RunAs, serverPids, spawnServer } from './procs.js'
 import type { LabState, MemberState } from './state.js'
@@ -40,6 +41,25 @@ export interface PostgresClusterConfig {
   synchronousMode: boolean
   /** Patroni `failsafe_mode`. */
   failsafeMode: boolean
+}
+
+/** Credentials for a client: a pg ClientConfig minus host/port (`ssl` when the lab runs TLS). */
+export interface PostgresCredentials {
+  user: string
+  password: string
+  database: string
+  /** The lab's CA (`tls: true`): PostgreSQL only accepts TLS connections then. */
+  ssl?: { ca: string; rejectUnauthorized: true }
+}
+
+/** How to reach Patroni's REST API: `{ endpoints, scope }`, plus `tls` and `auth` with `tls: true`. */
+export interface PatroniAccess {
+  endpoints: string[]
+  scope: string
+  /** The lab's CA (`tls: true`; the endpoints are https). */
+  tls?: { ca: string }
+  /** Basic auth for the unsafe verbs (`tls: true`). */
+  auth?: { username: string; password: string }
 }
 
 export interface LabMember {
@@ -194,6 +214,8 @@ export class PostgresCluster {
         },
         synchronousMode: config.synchronousMode,
         failsafeMode: config.failsafeMode,
+        ...(state.tls ? { tls: state.tls } : {}),
+        ...(state.patroniAuth ? { restapiAuth: state.patroniAuth } : {}),
       })
       writeFileSync(member.configPath, `${JSON.stringify(patroni, null, 2)}\n`, { mode: 0o600 })
       own(member.configPath)
@@ -201,29 +223,86 @@ export class PostgresCluster {
     }
   }
 
-  get patroni(): { endpoints: string[]; scope: string } {
-    return { endpoints: this.#ctx.state.members.map((m) => apiUrl(m)), scope: this.#ctx.state.scope }
+  get patroni(): PatroniAccess {
+    const state = this.#ctx.state
+    const ca = this.#ctx.ca()
+    return {
+      endpoints: state.members.map((m) => this.apiUrl(m)),
+      scope: state.scope,
+      ...(ca ? { tls: { ca } } : {}),
+      ...(state.patroniAuth ? { auth: { ...state.patroniAuth } } : {}),
+    }
   }
 
   get members(): LabMember[] {
-    return this.#ctx.state.members.map((m) => ({ name: m.name, host: HOST, port: m.port, apiUrl: apiUrl(m) }))
+    return this.#ctx.state.members.map((m) => ({
+      name: m.name,
+      host: HOST,
+      port: m.port,
+      apiUrl: this.apiUrl(m),
+    }))
   }
 
-  /** Credentials a client uses (password auth, scram-sha-256, on 127.0.0.1). */
-  get postgres(): { user: string; password: string; database: string } {
+  /** The superuser's credentials (password auth, scram-sha-256, on 127.0.0.1; TLS with `tls: true`). */
+  get postgres(): PostgresCredentials {
     const p = this.#ctx.state.postgres
-    return { user: p.user, password: p.password, database: p.database }
+    return this.#credentials(p.user, p.password)
+  }
+
+  /**
+   * The application role's credentials (`app`: LOGIN, member of pg_monitor, CREATE on schema
+   * public), the one `rotatePostgresPassword()` changes; undefined in a lab started before it existed.
+   */
+  get postgresApp(): PostgresCredentials | undefined {
+    const p = this.#ctx.state.postgres
+    return p.appUser && p.appPassword ? this.#credentials(p.appUser, p.appPassword) : undefined
+  }
+
+  #credentials(user: string, password: string): PostgresCredentials {
+    const ca = this.#ctx.ca()
+    return {
+      user,
+      password,
+      database: this.#ctx.state.postgres.database,
+      ...(ca ? { ssl: { ca, rejectUnauthorized: true as const } } : {}),
+    }
   }
 
   /**
    * postgres://user:password@127.0.0.1:port/postgres for a member; without a name, for the
    * leader as last observed by this lab (startLab, cluster(), primary(), waitForPrimary(), ...).
+   * `app: true`: as the application role. With TLS it ends in
+   * `?sslmode=verify-full&sslrootcert=<lab>/tls/ca.crt` (psql and node-postgres read both).
    */
-  connectionString(memberName?: string): string {
+  connectionString(memberName?: string, opts: { app?: boolean } = {}): string {
     const name = memberName ?? this.#lastLeader ?? this.#ctx.state.members[0]?.name
     const member = this.#ctx.state.members.find((m) => m.name === name)
     if (!member) throw new Error(`no such member: ${String(name)}`)
-    return buildConnectionString(this.postgres, HOST, member.port)
+    const creds = opts.app ? this.postgresApp : this.postgres
+    if (!creds) throw new Error('this lab has no application role (it was started before it existed)')
+    const url = buildConnectionString(creds, HOST, member.port)
+    const tls = this.#ctx.state.tls
+    return tls ? `${url}?sslmode=verify-full&sslrootcert=${encodeURIComponent(tls.caPath)}` : url
+  }
+
+  /** A member's REST API base URL: https with `tls: true`. */
+  apiUrl(m: { apiPort: number }): string {
+    return apiUrl(m, this.#ctx.state.tls !== undefined)
+  }
+
+  /**
+   * A request to a member's REST API (`path` like '/cluster'), with the lab's CA, and Basic auth
+   * for the unsafe verbs (every method but GET) when the lab has it.
+   */
+  api(member: { apiPort: number }, path: string, opts: ApiRequest = {}): Promise<ApiResponse> {
+    const ca = this.#ctx.ca()
+    const auth = this.#ctx.state.patroniAuth
+    const unsafe = (opts.method ?? 'GET') !== 'GET'
+    return apiRequest(`${this.apiUrl(member)}${path}`, {
+      ...opts,
+      ...(ca ? { ca } : {}),
+      ...(auth && unsafe ? { auth } : {}),
+    })
   }
 
   /** PIDs of the postmasters running now (started by Patroni, not by the lab). */
@@ -245,9 +324,9 @@ export class PostgresCluster {
     for (const index of order) {
       const member = members[index]!
       try {
-        const res = await fetch(`${apiUrl(member)}/cluster`, { signal: AbortSignal.timeout(1500) })
-        if (!res.ok) throw new Error(`GET /cluster answered ${res.status}`)
-        const body = (await res.json()) as ClusterInfo
+        const res = await this.api(member, '/cluster', { timeoutMs: 1500 })
+        if (res.status !== 200) throw new Error(`GET /cluster answered ${res.status}`)
+        const body = res.json<ClusterInfo>()
         this.#lastEndpoint = index
         const leader = body.members.find((m) => m.role === 'leader' || m.role === 'standby_leader')
         if (leader) this.#lastLeader = leader.name
@@ -287,8 +366,7 @@ export class PostgresCluster {
       async () => {
         const leader = await this.primary()
         if (!leader || leader.name === opts.not || leader.state !== 'running') return undefined
-        const res = await fetch(`${leader.apiUrl}/primary`, { signal: AbortSignal.timeout(1000) })
-        await res.body?.cancel()
+        const res = await this.api(this.member(leader.name), '/primary', { timeoutMs: 1000 })
         if (res.status !== 200) return undefined
         // Patroni reports the new role as soon as it asks for promotion: trust SQL.
         const rows = await this.sql('select pg_is_in_recovery()', leader.name)
@@ -471,22 +549,21 @@ export class PostgresCluster {
     if (!leader) throw new Error('there is no leader to switch over from')
     if (opts.candidate) this.member(opts.candidate)
     if (opts.candidate === leader.name) throw new Error(`${opts.candidate} is already the leader`)
-    const body = JSON.stringify({
+    const body = {
       leader: leader.name,
       ...(opts.candidate ? { candidate: opts.candidate } : {}),
-    })
+    }
     // Patroni refuses a switchover while no healthy candidate exists (e.g. just after a
     // rejoin, before a replica reports its lag): retry that for a while.
     await waitFor(
       'Patroni to accept the switchover',
       async () => {
-        const res = await fetch(`${leader.apiUrl}/switchover`, {
+        const res = await this.api(this.member(leader.name), '/switchover', {
           method: 'POST',
-          headers: { 'content-type': 'application/json' },
           body,
-          signal: AbortSignal.timeout(Math.max(5000, timeoutMs)),
+          timeoutMs: Math.max(5000, timeoutMs),
         })
-        const text = await res.text()
+        const text = res.text
         if (res.status === 200 || res.status === 202) return true
         if (res.status === 412 || res.status === 503)
           throw new Error(`POST /switchover ${res.status}: ${text.trim()}`)
@@ -505,7 +582,15 @@ export class PostgresCluster {
    * Runs one SQL statement with psql on a member (the current leader by default) and returns
    * the rows as arrays of text (NULL as ''). Throws with psql's message on error.
    */
-  async sql(text: string, memberName?: string): Promise<string[][]> {
+  async sql(text: string, memberName?: string, opts: { stdin?: boolean } = {}): Promise<string[][]> {
+    return this.#psql(text, memberName, opts)
+  }
+
+  /**
+   * psql on a member. `stdin`: the statements go through standard input as one transaction
+   * (`-1 -f -`), not the command line, where `ps` would show them.
+   */
+  async #psql(text: string, memberName?: string, opts: { stdin?: boolean } = {}): Promise<string[][]> {
     let name = memberName
     if (!name) {
       const leader = await this.primary()
@@ -533,11 +618,11 @@ export class PostgresCluster {
       p.user,
       '-d',
       p.database,
-      '-c',
-      text,
+      ...(opts.stdin ? ['-1', '-f', '-'] : ['-c', text]),
     ]
+    const tls = this.#ctx.state.tls
     const out = await new Promise<string>((resolvePromise, reject) => {
-      execFile(
+      const child = execFile(
         `${PG_BIN_DIR}/psql`,
         args,
         {
@@ -546,15 +631,18 @@ export class PostgresCluster {
             PGPASSWORD: p.password,
             PGCONNECT_TIMEOUT: '5',
             PGAPPNAME: 'resilient-lab',
+            // TLS with the lab's CA and a host-name check, or no connection at all.
+            ...(tls ? { PGSSLMODE: 'verify-full', PGSSLROOTCERT: tls.caPath } : {}),
           },
           timeout: 30_000,
           maxBuffer: 64 * 1024 * 1024,
         },
         (err, stdout, stderr) => {
-          if (err) reject(new Error(`psql on ${name}: ${stderr.trim() || err.message}`))
+          if (err) reject(new Error(this.#ctx.redact(`psql on ${name}: ${stderr.trim() || err.message}`)))
           else resolvePromise(stdout)
         },
       )
+      if (opts.stdin) child.stdin?.end(text)
     })
     return parsePsqlOutput(out)
   }
@@ -586,7 +674,7 @@ export class PostgresCluster {
       'etcd to be healthy',
       async () => {
         if (etcd.pid && !isProcessAlive(etcd.pid))
-          throw fatal(`etcd exited; see ${etcd.logPath}\n${tail(etcd.logPath)}`)
+          throw fatal(`etcd exited; see ${etcd.logPath}\n${this.#ctx.redact(tail(etcd.logPath))}`)
         const res = await fetch(`http://${HOST}:${etcd.clientPort}/health`, {
           signal: AbortSignal.timeout(1000),
         })
@@ -609,7 +697,7 @@ export class PostgresCluster {
     const check = () => {
       for (const m of this.#ctx.state.members) {
         if (m.pid && !isProcessAlive(m.pid))
-          throw fatal(`patroni ${m.name} exited; see ${m.logPath}\n${tail(m.logPath)}`)
+          throw fatal(`patroni ${m.name} exited; see ${m.logPath}\n${this.#ctx.redact(tail(m.logPath))}`)
       }
     }
     await waitFor(
@@ -639,12 +727,9 @@ export class PostgresCluster {
         async () => {
           const leader = await this.primary()
           if (!leader) return undefined
-          const res = await fetch(`${leader.apiUrl}/failsafe`, { signal: AbortSignal.timeout(1000) })
-          if (!res.ok) {
-            await res.body?.cancel()
-            return undefined
-          }
-          const members = (await res.json()) as Record<string, string>
+          const res = await this.api(this.member(leader.name), '/failsafe', { timeoutMs: 1000 })
+          if (res.status !== 200) return undefined
+          const members = res.json<Record<string, string>>()
           return Object.keys(members).length >= n ? true : undefined
         },
         { timeoutMs: Math.max(1, deadline - Date.now()), intervalMs: 200 },
@@ -679,7 +764,7 @@ export class PostgresCluster {
       name: m.name,
       host: m.host ?? HOST,
       port: m.port ?? own?.port ?? 0,
-      apiUrl: own ? apiUrl(own) : m.api_url.replace(/\/patroni$/, ''),
+      apiUrl: own ? this.apiUrl(own) : m.api_url.replace(/\/patroni$/, ''),
       role: m.role,
       state: m.state,
       ...(m.lag !== undefined ? { lag: m.lag } : {}),
@@ -713,7 +798,7 @@ export class PostgresCluster {
         members.push({
           name: m.name,
           port: m.port,
-          apiUrl: apiUrl(m),
+          apiUrl: this.apiUrl(m),
           pid: m.pid,
           role: c?.role ?? 'absent',
           state: c?.state ?? (m.pid && isProcessAlive(m.pid) ? 'starting' : 'stopped'),
@@ -728,7 +813,7 @@ export class PostgresCluster {
         members.push({
           name: m.name,
           port: m.port,
-          apiUrl: apiUrl(m),
+          apiUrl: this.apiUrl(m),
           pid: m.pid,
           role: 'unknown',
           state: m.pid && isProcessAlive(m.pid) ? 'unreachable' : 'stopped',
@@ -740,8 +825,8 @@ export class PostgresCluster {
   }
 }
 
-export function apiUrl(m: { apiPort: number }): string {
-  return `http://${HOST}:${m.apiPort}`
+export function apiUrl(m: { apiPort: number }, tls = false): string {
+  return `${tls ? 'https' : 'http'}://${HOST}:${m.apiPort}`
 }
 
 export function fileSize(path: string): number {

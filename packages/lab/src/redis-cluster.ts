@@ -9,9 +9,18 @@ import { HOST, REDIS_CLUSTER_DEFAULTS, redisClusterArgs } from './config.js'
 import type { LabContext } from './context.js'
 import type { PortAllocator } from './ports.js'
 import { spawnServer } from './procs.js'
-import { parseInfo, RespError, type RespValue, redisCommand } from './resp.js'
+import { clientAccess, labRedisClient, type RedisClientAccess, writeSecretsConf } from './redis-auth.js'
+import { describeCommand, parseInfo, RespError, type RespValue, redisCommand } from './resp.js'
 import type { RedisClusterNodeState } from './state.js'
-import { errorMessage, isProcessAlive, signalTree, waitFor, waitForExit, waitUntilRefused } from './util.js'
+import {
+  errorMessage,
+  isProcessAlive,
+  signalTree,
+  tail,
+  waitFor,
+  waitForExit,
+  waitUntilRefused,
+} from './util.js'
 
 export const SLOTS = 16_384
 
@@ -26,7 +35,11 @@ export interface RedisClusterNode {
   pid?: number
 }
 
-export interface RedisClusterInfo {
+/**
+ * The nodes, and with `tls: true` the credentials and CA every node takes (ioredis:
+ * `new Cluster(nodes, { redisOptions: { username, password, tls } })`).
+ */
+export interface RedisClusterInfo extends RedisClientAccess {
   nodes: RedisClusterNode[]
 }
 
@@ -136,6 +149,7 @@ export class RedisClusterPart {
         role: n.role,
         ...(n.pid && isProcessAlive(n.pid) ? { pid: n.pid } : {}),
       })),
+      ...clientAccess(this.#ctx),
     }
   }
 
@@ -419,8 +433,9 @@ export class RedisClusterPart {
 
   /** One command; an error reply (-ERR ...) rejects, naming the command and the node. */
   async #command(node: RedisClusterNodeState, args: string[], timeoutMs = 1000): Promise<RespValue> {
-    const reply = await redisCommand(node.port, args, { timeoutMs })
-    if (reply instanceof RespError) throw new Error(`${args.join(' ')} on ${node.name}: ${reply.message}`)
+    const reply = await redisCommand(node.port, args, { timeoutMs, ...labRedisClient(this.#ctx) })
+    if (reply instanceof RespError)
+      throw new Error(`${describeCommand(args)} on ${node.name}: ${reply.message}`)
     return reply
   }
 
@@ -444,14 +459,20 @@ export class RedisClusterPart {
   }
 
   async #spawn(node: RedisClusterNodeState): Promise<void> {
+    const tls = this.#ctx.state.tls
+    const secrets = writeSecretsConf(this.#ctx, node.dir)
     const pid = await spawnServer({
       cmd: 'redis-server',
-      args: redisClusterArgs({
-        port: node.port,
-        busPort: node.busPort,
-        dir: node.dir,
-        nodeTimeoutMs: this.#cluster.nodeTimeoutMs,
-      }),
+      args: [
+        ...(secrets ? [secrets] : []),
+        ...redisClusterArgs({
+          port: node.port,
+          busPort: node.busPort,
+          dir: node.dir,
+          nodeTimeoutMs: this.#cluster.nodeTimeoutMs,
+          ...(tls ? { tls } : {}),
+        }),
+      ],
       cwd: node.dir,
       logPath: node.logPath,
     })
@@ -475,7 +496,10 @@ export class RedisClusterPart {
       `${node.name} (port ${node.port}) to answer PING`,
       async () => {
         if (node.pid && !isProcessAlive(node.pid))
-          throw Object.assign(new Error(`${node.name} exited; see ${node.logPath}`), { fatal: true })
+          throw Object.assign(
+            new Error(`${node.name} exited; see ${node.logPath}\n${this.#ctx.redact(tail(node.logPath))}`),
+            { fatal: true },
+          )
         return (await this.#command(node, ['PING'], 500)) === 'PONG' ? true : undefined
       },
       { timeoutMs, intervalMs: 50 },

@@ -9,8 +9,9 @@ import { HOST, redisArgs, SENTINEL_MASTER_NAME, sentinelConf } from './config.js
 import type { LabContext } from './context.js'
 import type { PortAllocator } from './ports.js'
 import { spawnServer } from './procs.js'
+import { clientAccess, labRedisClient, type RedisClientAccess, writeSecretsConf } from './redis-auth.js'
 import { ENDPOINT_SOURCE } from './redis-endpoint.js'
-import { parseInfo, RespError, type RespValue, redisCommand } from './resp.js'
+import { describeCommand, parseInfo, RespError, type RespValue, redisCommand } from './resp.js'
 import type { LabState, RedisNodeState } from './state.js'
 import {
   errorMessage,
@@ -39,7 +40,15 @@ export interface RedisAddress {
   port: number
 }
 
-export interface SentinelInfo {
+/** A Redis address with what a client needs to use it (credentials and CA with `tls: true`). */
+export type RedisAccess = RedisAddress & RedisClientAccess
+
+/**
+ * The sentinels and the master name; with `tls: true` also the credentials and CA for the
+ * sentinels themselves (ioredis: `sentinelUsername`, `sentinelPassword`, `sentinelTLS`,
+ * `enableTLSForSentinelMode`): the application's user, as on the Redis servers.
+ */
+export interface SentinelInfo extends RedisClientAccess {
   sentinels: RedisAddress[]
   name: string
 }
@@ -107,11 +116,14 @@ export class RedisServers {
     }
   }
 
-  /** The Redis server believed to be the primary (updated by waitForRedisFailover()). */
-  get redis(): RedisAddress {
+  /**
+   * The Redis server believed to be the primary (updated by waitForRedisFailover()); with
+   * `tls: true` also `username`, `password` and `tls: { ca }` (ioredis option names).
+   */
+  get redis(): RedisAccess {
     this.#ctx.refresh()
     const node = this.#redisPrimaryNode()
-    return { host: HOST, port: node?.port ?? 0 }
+    return { host: HOST, port: node?.port ?? 0, ...clientAccess(this.#ctx) }
   }
 
   get redisNodes(): Array<RedisAddress & { name: string; pid?: number }> {
@@ -128,16 +140,20 @@ export class RedisServers {
    * The fixed Redis endpoint (`redisReplica: true`): a TCP proxy that connects each new
    * connection to the current Redis primary, like a managed service's primary endpoint.
    */
-  get redisEndpoint(): RedisAddress | undefined {
+  get redisEndpoint(): RedisAccess | undefined {
     this.#ctx.refresh()
     const e = this.#ctx.state.redisEndpoint
-    return e ? { host: HOST, port: e.port } : undefined
+    return e ? { host: HOST, port: e.port, ...clientAccess(this.#ctx) } : undefined
   }
 
   get sentinel(): SentinelInfo | undefined {
     const s = this.#ctx.state.sentinel
     if (!s) return undefined
-    return { sentinels: s.sentinels.map((x) => ({ host: HOST, port: x.port })), name: s.masterName }
+    return {
+      sentinels: s.sentinels.map((x) => ({ host: HOST, port: x.port })),
+      name: s.masterName,
+      ...clientAccess(this.#ctx),
+    }
   }
 
   /** SIGSTOP the Redis primary: it still accepts TCP connections but never answers. */
@@ -190,7 +206,7 @@ export class RedisServers {
     if (this.#ctx.state.sentinel)
       master = (await this.sentinelMaster().catch(() => undefined))?.port ?? master
     await this.#spawnRedis(node, master !== undefined && master !== node.port ? master : undefined)
-    await this.#waitForPing(node.port, this.#ctx.readyTimeoutMs)
+    await this.#waitForPing(node, this.#ctx.readyTimeoutMs)
   }
 
   /** Sentinel mode: kill -9 the server the sentinels call master. Returns its address. */
@@ -210,7 +226,7 @@ export class RedisServers {
     let lastError: unknown
     for (const sentinel of s.sentinels) {
       try {
-        const reply = await redisCommand(sentinel.port, ['SENTINEL', 'get-master-addr-by-name', s.masterName])
+        const reply = await this.#cmd(sentinel.port, ['SENTINEL', 'get-master-addr-by-name', s.masterName])
         if (Array.isArray(reply) && typeof reply[0] === 'string' && typeof reply[1] === 'string') {
           return { host: reply[0], port: Number(reply[1]) }
         }
@@ -237,9 +253,7 @@ export class RedisServers {
       async () => {
         const answers = await Promise.all(
           s.sentinels.map((x) =>
-            redisCommand(x.port, ['SENTINEL', 'get-master-addr-by-name', s.masterName], {
-              timeoutMs: 500,
-            }).catch(() => null),
+            this.#cmd(x.port, ['SENTINEL', 'get-master-addr-by-name', s.masterName], 500).catch(() => null),
           ),
         )
         const ports = answers.flatMap((a) =>
@@ -249,7 +263,7 @@ export class RedisServers {
         const candidate = moved[0]
         if (candidate === undefined || moved.filter((p) => p === candidate).length < s.quorum)
           return undefined
-        const role = await redisCommand(candidate, ['ROLE'], { timeoutMs: 500 })
+        const role = await this.#cmd(candidate, ['ROLE'], 500)
         return Array.isArray(role) && role[0] === 'master' ? { host: HOST, port: candidate } : undefined
       },
       { timeoutMs: opts.timeoutMs ?? this.#ctx.readyTimeoutMs, intervalMs: 100 },
@@ -286,8 +300,9 @@ export class RedisServers {
     if (!next)
       throw new Error('there is no running Redis replica to promote (start the lab with redisReplica: true)')
     const ok = async (port: number, args: string[]) => {
-      const reply = await redisCommand(port, args, { timeoutMs: 2000 })
-      if (reply instanceof RespError) throw new Error(`${args.join(' ')} on port ${port}: ${reply.message}`)
+      const reply = await this.#cmd(port, args, 2000)
+      if (reply instanceof RespError)
+        throw new Error(`${describeCommand(args)} on port ${port}: ${reply.message}`)
       return reply
     }
     // Hold the old primary's writers while the replica catches up (as a planned failover does).
@@ -329,9 +344,17 @@ export class RedisServers {
     return { demoted: old.name, promoted: next.name, seconds }
   }
 
-  /** One Redis command to a server of the lab (the primary by default). */
+  /**
+   * One Redis command to a server of the lab (the primary by default); with `tls: true` over
+   * TLS as the lab's admin user.
+   */
   async redisCommand(args: string[], port = this.redis.port, timeoutMs = 1000): Promise<RespValue> {
-    return redisCommand(port, args, { timeoutMs })
+    return this.#cmd(port, args, timeoutMs)
+  }
+
+  /** One command on a fresh connection, as the lab connects (TLS and admin auth with `tls: true`). */
+  #cmd(port: number, args: string[], timeoutMs = 1000): Promise<RespValue> {
+    return redisCommand(port, args, { timeoutMs, ...labRedisClient(this.#ctx) })
   }
 
   async bootRedis(): Promise<void> {
@@ -344,12 +367,12 @@ export class RedisServers {
   async waitForRedis(timeoutMs: number): Promise<void> {
     const [primary, ...replicas] = this.#ctx.state.redis
     if (!primary) return
-    await this.#waitForPing(primary.port, timeoutMs)
+    await this.#waitForPing(primary, timeoutMs)
     for (const r of replicas) {
       await waitFor(
         `${r.name} to replicate`,
         async () => {
-          const reply = await redisCommand(r.port, ['INFO', 'replication'], { timeoutMs: 500 })
+          const reply = await this.#cmd(r.port, ['INFO', 'replication'], 500)
           return typeof reply === 'string' && parseInfo(reply).master_link_status === 'up' ? true : undefined
         },
         { timeoutMs, intervalMs: 100 },
@@ -374,8 +397,8 @@ export class RedisServers {
       'the Redis endpoint to answer PING',
       async () => {
         if (!isProcessAlive(pid))
-          throw fatal(`the Redis endpoint exited; see ${e.logPath}\n${tail(e.logPath)}`)
-        return (await redisCommand(e.port, ['PING'], { timeoutMs: 500 })) === 'PONG' ? true : undefined
+          throw fatal(`the Redis endpoint exited; see ${e.logPath}\n${this.#ctx.redact(tail(e.logPath))}`)
+        return (await this.#cmd(e.port, ['PING'], 500)) === 'PONG' ? true : undefined
       },
       { timeoutMs, intervalMs: 50 },
     )
@@ -386,6 +409,7 @@ export class RedisServers {
     const primary = this.#ctx.state.redis[0]
     if (!s || !primary) return
     for (const sentinel of s.sentinels) {
+      const state = this.#ctx.state
       writeFileSync(
         sentinel.confPath,
         sentinelConf({
@@ -394,7 +418,10 @@ export class RedisServers {
           masterPort: primary.port,
           quorum: s.quorum,
           name: s.masterName,
+          ...(state.tls ? { tls: state.tls } : {}),
+          ...(state.redisAuth ? { auth: state.redisAuth } : {}),
         }),
+        { mode: 0o600 },
       )
       const pid = await spawnServer({
         cmd: 'redis-sentinel',
@@ -416,9 +443,7 @@ export class RedisServers {
       await waitFor(
         `sentinel ${sentinel.name} to see the master, ${replicas} replica(s) and ${s.sentinels.length - 1} other sentinel(s)`,
         async () => {
-          const reply = await redisCommand(sentinel.port, ['SENTINEL', 'master', s.masterName], {
-            timeoutMs: 500,
-          })
+          const reply = await this.#cmd(sentinel.port, ['SENTINEL', 'master', s.masterName], 500)
           if (!Array.isArray(reply)) return undefined
           const info = pairs(reply)
           const ok =
@@ -444,9 +469,20 @@ export class RedisServers {
   }
 
   async #spawnRedis(node: RedisNodeState, replicaOf?: number): Promise<void> {
+    const tls = this.#ctx.state.tls
+    // The ACL users and masterauth in a 0600 file of the server's own (not on the command line).
+    const secrets = writeSecretsConf(this.#ctx, node.dir)
     const pid = await spawnServer({
       cmd: 'redis-server',
-      args: redisArgs({ port: node.port, dir: node.dir, ...(replicaOf !== undefined ? { replicaOf } : {}) }),
+      args: [
+        ...(secrets ? [secrets] : []),
+        ...redisArgs({
+          port: node.port,
+          dir: node.dir,
+          ...(replicaOf !== undefined ? { replicaOf } : {}),
+          ...(tls ? { tls } : {}),
+        }),
+      ],
       cwd: node.dir,
       logPath: node.logPath,
     })
@@ -471,11 +507,14 @@ export class RedisServers {
     this.#ctx.save()
   }
 
-  async #waitForPing(port: number, timeoutMs: number): Promise<void> {
+  async #waitForPing(node: RedisNodeState, timeoutMs: number): Promise<void> {
     await waitFor(
-      `Redis on port ${port} to answer PING`,
+      `${node.name} (port ${node.port}) to answer PING`,
       async () => {
-        const reply = await redisCommand(port, ['PING'], { timeoutMs: 500 })
+        if (node.pid && !isProcessAlive(node.pid))
+          throw fatal(`${node.name} exited; see ${node.logPath}\n${this.#ctx.redact(tail(node.logPath))}`)
+        const port = node.port
+        const reply = await this.#cmd(port, ['PING'], 500)
         if (reply instanceof RespError) return undefined
         return reply === 'PONG' ? true : undefined
       },
@@ -495,7 +534,7 @@ export class RedisServers {
       let role = 'down'
       let detail = ''
       try {
-        const reply = await redisCommand(r.port, ['INFO', 'replication'], { timeoutMs: 500 })
+        const reply = await this.#cmd(r.port, ['INFO', 'replication'], 500)
         if (typeof reply === 'string') {
           const info = parseInfo(reply)
           role = info.role ?? 'unknown'
@@ -517,12 +556,10 @@ export class RedisServers {
       let master = ''
       let ok = false
       try {
-        const reply = await redisCommand(
+        const reply = await this.#cmd(
           s.port,
           ['SENTINEL', 'get-master-addr-by-name', state.sentinel!.masterName],
-          {
-            timeoutMs: 500,
-          },
+          500,
         )
         if (Array.isArray(reply)) {
           master = `${String(reply[0])}:${String(reply[1])}`
@@ -542,7 +579,7 @@ export class RedisServers {
         port: endpoint.port,
         pid: endpoint.pid,
         target: this.#redisPrimaryNode()?.name ?? '-',
-        ok: await redisCommand(endpoint.port, ['PING'], { timeoutMs: 500 })
+        ok: await this.#cmd(endpoint.port, ['PING'], 500)
           .then((r) => r === 'PONG')
           .catch(() => false),
       },

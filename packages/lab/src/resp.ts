@@ -1,4 +1,5 @@
-import { connect } from 'node:net'
+import { connect, type Socket } from 'node:net'
+import { connect as tlsConnect } from 'node:tls'
 
 export type RespValue = string | number | null | RespError | RespValue[]
 
@@ -57,20 +58,55 @@ export function parseReply(buf: Buffer, offset = 0): { value: RespValue; next: n
   }
 }
 
+/** How the lab reaches a Redis server that runs TLS and ACLs (`startLab({ tls: true })`). */
+export interface RedisClientOptions {
+  /** TLS with this CA certificate (PEM); plain TCP when absent. */
+  tls?: { ca: string; servername?: string }
+  /** AUTH <username> <password> before the command. */
+  auth?: { username: string; password: string }
+}
+
+/** Commands whose arguments carry secrets: shown as `ACL SETUSER app [redacted]` in errors. */
+const SECRET_COMMANDS = new Set(['AUTH', 'HELLO', 'ACL', 'MIGRATE'])
+
+/** A command for an error message: never the arguments of AUTH, HELLO, ACL or CONFIG SET. */
+export function describeCommand(args: readonly string[]): string {
+  const name = (args[0] ?? '').toUpperCase()
+  if (SECRET_COMMANDS.has(name)) return `${args.slice(0, 2).join(' ')} [redacted]`
+  if (name === 'CONFIG' && (args[1] ?? '').toUpperCase() === 'SET')
+    return `${args.slice(0, 3).join(' ')} [redacted]`
+  return args.join(' ')
+}
+
 /**
  * Sends one command to a Redis server (or Sentinel) on a fresh connection and resolves its
  * reply; rejects on a connection error or when no whole reply arrives within `timeoutMs`.
- * A `-ERR` reply resolves as a RespError value (it is an answer).
+ * A `-ERR` reply resolves as a RespError value (it is an answer). With `tls` it connects with
+ * TLS and verifies the server's certificate against the CA and the host name; with `auth` it
+ * sends `AUTH username password` first (pipelined) and rejects when that fails.
  */
 export function redisCommand(
   port: number,
   args: readonly string[],
-  { host = '127.0.0.1', timeoutMs = 1000 }: { host?: string; timeoutMs?: number } = {},
+  {
+    host = '127.0.0.1',
+    timeoutMs = 1000,
+    tls,
+    auth,
+  }: { host?: string; timeoutMs?: number } & RedisClientOptions = {},
 ): Promise<RespValue> {
   return new Promise((resolve, reject) => {
     let buf = Buffer.alloc(0)
     let settled = false
-    const socket = connect({ host, port })
+    let authed = auth === undefined
+    const socket: Socket = tls
+      ? tlsConnect({
+          host,
+          port,
+          ca: tls.ca,
+          ...(tls.servername ? { servername: tls.servername } : {}),
+        })
+      : connect({ host, port })
     const finish = (err: Error | undefined, value?: RespValue) => {
       if (settled) return
       settled = true
@@ -83,12 +119,33 @@ export function redisCommand(
       () => finish(new Error(`no reply from ${host}:${port} to ${args[0]} within ${timeoutMs} ms`)),
       timeoutMs,
     )
-    socket.once('connect', () => socket.write(encodeCommand(args)))
+    const send = () => {
+      const frames = auth
+        ? [encodeCommand(['AUTH', auth.username, auth.password]), encodeCommand(args)]
+        : [encodeCommand(args)]
+      socket.write(Buffer.concat(frames))
+    }
+    socket.once(tls ? 'secureConnect' : 'connect', send)
     socket.on('data', (chunk) => {
       buf = Buffer.concat([buf, chunk])
       try {
-        const parsed = parseReply(buf)
-        if (parsed) finish(undefined, parsed.value)
+        for (;;) {
+          const parsed = parseReply(buf)
+          if (!parsed) return
+          buf = buf.subarray(parsed.next)
+          if (!authed) {
+            if (parsed.value instanceof RespError) {
+              finish(
+                new Error(`AUTH as ${auth!.username} on ${host}:${port} failed: ${parsed.value.message}`),
+              )
+              return
+            }
+            authed = true
+            continue
+          }
+          finish(undefined, parsed.value)
+          return
+        }
       } catch (err) {
         finish(err as Error)
       }

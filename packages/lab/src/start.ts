@@ -14,6 +14,7 @@ import { postgresUser } from './procs.js'
 import { type RedisConfig, RedisServers } from './redis.js'
 import { RedisClusterPart } from './redis-cluster.js'
 import { writeState } from './state.js'
+import { createLabTls } from './tls.js'
 import { errorMessage } from './util.js'
 
 export interface LabOptions {
@@ -40,6 +41,16 @@ export interface LabOptions {
    * starts. With `nodes: 0, redis: false` it is all the lab starts. Default false.
    */
   redisCluster?: boolean
+  /**
+   * Secure mode, as managed services run: a throw-away CA and a server certificate (SANs
+   * 127.0.0.1 and localhost, made with `openssl`); PostgreSQL accepts TLS only (`hostssl` +
+   * scram-sha-256; replication and pg_rewind over TLS too); Patroni's REST API over HTTPS with
+   * Basic auth on its unsafe verbs; Redis, its replica, the Sentinels and the Redis Cluster on
+   * `tls-port` only with ACL users (default user off). etcd stays plain on 127.0.0.1.
+   * Clients get the CA in `lab.tls` and credentials in `lab.postgres`, `lab.redis`,
+   * `lab.patroni`. Default false.
+   */
+  tls?: boolean
   /** The lab folder. Default: a fresh mkdtemp folder under os.tmpdir() (resilient-lab-XXXXXX). */
   baseDir?: string
   log?: (line: string) => void
@@ -74,6 +85,7 @@ export async function startLab(options: LabOptions = {}): Promise<Lab> {
     sentinel,
   }
   const redisCluster = options.redisCluster ?? false
+  const tls = options.tls ?? false
   const readyTimeoutMs = options.readyTimeoutMs ?? 90_000
   const log = options.log ?? (() => {})
   const { nodes } = pgConfig
@@ -82,7 +94,7 @@ export async function startLab(options: LabOptions = {}): Promise<Lab> {
   if (nodes === 0 && !redisConfig.enabled && !redisCluster)
     throw new Error('nothing to start: nodes is 0, redis and redisCluster are false')
 
-  ensurePackages(requirements({ nodes, redis: redisConfig.enabled, sentinel, redisCluster }), log)
+  ensurePackages(requirements({ nodes, redis: redisConfig.enabled, sentinel, redisCluster, tls }), log)
   // PostgreSQL refuses to run as root: etcd and Patroni then run as the postgres user.
   const runAs = nodes > 0 ? postgresUser() : undefined
   const baseDir = prepareLabFolder(options.baseDir, runAs)
@@ -104,8 +116,11 @@ export async function startLab(options: LabOptions = {}): Promise<Lab> {
     persistent: options.persistent ?? false,
     synchronousMode: pgConfig.synchronousMode,
     failsafeMode: pgConfig.failsafeMode,
+    tls,
   })
   try {
+    // The CA and the servers' certificate first: every part's configuration names them.
+    if (tls) state.tls = await createLabTls(baseDir, state.scope, own)
     await PostgresCluster.plan(state, ports, mkdirForPostgres, own, pgConfig)
     await RedisServers.plan(state, ports, mkdir, redisConfig)
     if (redisCluster) state.redisCluster = await RedisClusterPart.plan(baseDir, ports, mkdir)
@@ -116,7 +131,7 @@ export async function startLab(options: LabOptions = {}): Promise<Lab> {
 
   writeState(state)
   const lab = new Lab(state, { log, readyTimeoutMs, owned: !options.persistent })
-  const { lifecycle, postgres, redis, redisCluster: cluster } = lab.parts
+  const { lifecycle, postgres, roles, redis, redisCluster: cluster } = lab.parts
   try {
     if (!options.persistent) lifecycle.startWatchdog()
     log(`lab folder ${baseDir} (scope ${state.scope})`)
@@ -147,6 +162,7 @@ export async function startLab(options: LabOptions = {}): Promise<Lab> {
     if (nodes > 0) {
       await postgres.waitForCluster(remaining())
       log(`patroni: 1 leader, ${nodes - 1} streaming replica(s) (${elapsed()})`)
+      await roles.create(remaining())
     }
     if (sentinel) {
       await redis.waitForSentinels(remaining())
@@ -154,6 +170,7 @@ export async function startLab(options: LabOptions = {}): Promise<Lab> {
     }
     const seconds = Math.round((performance.now() - started) / 100) / 10
     lifecycle.setBootSeconds(seconds)
+    if (state.tls) log(`TLS: clients trust ${state.tls.caPath}`)
     log(`lab ready in ${seconds} s`)
     return lab
   } catch (err) {

@@ -1,5 +1,7 @@
 import { readFileSync, renameSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
+import type { RedisAuth } from './config.js'
+import type { TlsState } from './tls.js'
 
 export const STATE_FILE = 'lab.json'
 export const STATE_VERSION = 1
@@ -81,7 +83,19 @@ export interface LabState {
     database: string
     replicationUser: string
     replicationPassword: string
+    /**
+     * The application's role (LOGIN, member of pg_monitor, CREATE on schema public), created at
+     * boot; `rotatePostgresPassword()` changes its password. Absent in labs started before it existed.
+     */
+    appUser?: string
+    appPassword?: string
   }
+  /** TLS material (`tls: true`): paths only, never key contents. */
+  tls?: TlsState
+  /** Basic auth of Patroni's REST API (`tls: true`). */
+  patroniAuth?: { username: string; password: string }
+  /** Redis ACL users (`tls: true`): the application's (rotates) and the lab's own. */
+  redisAuth?: RedisAuth
   etcd?: { clientPort: number; peerPort: number; dir: string; logPath: string; pid?: number }
   members: MemberState[]
   redis: RedisNodeState[]

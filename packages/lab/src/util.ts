@@ -293,3 +293,13 @@ export function tail(file: string, lines = 15): string {
     return ''
   }
 }
+
+/** `text` with every occurrence of each secret (4 characters or more) replaced by `[redacted]`. */
+export function redactSecrets(text: string, secrets: Iterable<string>): string {
+  let out = text
+  for (const secret of secrets) {
+    if (secret.length < 4) continue
+    out = out.split(secret).join('[redacted]')
+  }
+  return out
+}

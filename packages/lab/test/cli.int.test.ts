@@ -180,6 +180,45 @@ describe('resilient-lab CLI', () => {
     expect(existsSync(rdir)).toBe(false)
   })
 
+  it('up --tls (Redis only): the CA and credentials printed, status and chaos over TLS, rotate-redis-password', async () => {
+    const tdir = join(work, 'tls-lab')
+    const up = await run(['up', '--tls', '--nodes', '0', '--redis-replica', '--dir', tdir, '--json'], work)
+    expect(up.code, up.stderr).toBe(0)
+    const info = JSON.parse(up.stdout)
+    expect(info.tls.caPath).toBe(join(tdir, 'tls/ca.crt'))
+    expect(info.redis).toMatchObject({ username: 'app', password: expect.any(String) })
+    const ca = readFileSync(info.tls.caPath, 'utf8')
+    const secrets = () => {
+      const s = JSON.parse(readFileSync(join(tdir, 'lab.json'), 'utf8')) as LabState
+      return [s.redisAuth!.password, s.redisAuth!.adminPassword]
+    }
+    const said: string[] = [up.stderr]
+    try {
+      const st = await run(['status', '--dir', tdir], work)
+      said.push(st.stdout, st.stderr)
+      expect(st.code, st.stdout + st.stderr).toBe(0)
+      expect(st.stdout).toMatch(/endpoint\s+ok\s+.*-> redis0/)
+      const killed = await run(['chaos', 'kill-redis', '--dir', tdir], work)
+      const restarted = await run(['chaos', 'restart-redis', '--dir', tdir], work)
+      said.push(killed.stdout, killed.stderr, restarted.stdout, restarted.stderr)
+      expect(restarted.stdout).toMatch(/^restart-redis: restarted 127\.0\.0\.1:\d+ /)
+      const rotated = await run(['chaos', 'rotate-redis-password', '--dir', tdir, '--json'], work)
+      expect(rotated.code, rotated.stderr).toBe(0)
+      const { user, password } = JSON.parse(rotated.stdout)
+      expect([user, password === info.redis.password]).toEqual(['app', false])
+      const auth = { username: 'app', password }
+      expect(await redisCommand(info.redis.port, ['PING'], { tls: { ca }, auth })).toBe('PONG')
+      expect(await redisCommand(info.redisEndpoint.port, ['PING'], { tls: { ca }, auth })).toBe('PONG')
+      // Progress lines and the output of everything but up and rotate: no password.
+      for (const s of [...secrets(), info.redis.password])
+        for (const text of said) expect(text).not.toContain(s)
+    } finally {
+      const down = await run(['down', '--dir', tdir], work)
+      expect(down.code, down.stderr).toBe(0)
+    }
+    expect(existsSync(tdir)).toBe(false)
+  })
+
   it('prints usage, and refuses bad options', async () => {
     const help = await run(['help'], work)
     expect(help.code).toBe(0)

@@ -1,6 +1,8 @@
 import { existsSync, readFileSync } from 'node:fs'
 import { connect } from 'node:net'
+import { inspect } from 'node:util'
 import { isProcessAlive, type Lab, redisCommand, startLab } from '@resilient/lab'
+import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 
 /** Sends a raw inline PING and resolves with whatever arrives within `ms` ('' when nothing). */
@@ -88,6 +90,38 @@ describe('a 3-member Patroni lab with Redis', () => {
     expect(seen).toEqual([['2']])
     expect(await lab.sql('select pg_is_in_recovery()', replica!.name)).toEqual([['t']])
     await expect(lab.sql('select * from no_such_table')).rejects.toThrow(/no_such_table/)
+    // psql echoes a bad value in its error: a password there is redacted.
+    const err = await lab.sql(`select '${lab.postgres.password}'::int`).catch((e: Error) => e)
+    expect(String(err)).toContain('[redacted]')
+    expect(inspect(err, { depth: 10 })).not.toContain(lab.postgres.password)
+  })
+
+  it('the application role (app): logs in over TCP with scram, its password rotates', async () => {
+    const app = lab.postgresApp!
+    expect(app).toEqual({ user: 'app', password: expect.any(String), database: 'postgres' })
+    const port = (await lab.primary())!.port
+    const before = new pg.Client({ host: '127.0.0.1', port, ...app })
+    await before.connect()
+    try {
+      expect((await before.query('select current_user as u')).rows[0].u).toBe('app')
+      // pg_monitor: the replication view shows the replicas to the application.
+      expect(
+        (
+          await before.query(
+            'select count(*)::int as n from pg_stat_replication where client_addr is not null',
+          )
+        ).rows[0].n,
+      ).toBe(2)
+      await lab.rotatePostgresPassword('plain-Rotated-1')
+      expect((await before.query('select 1 as one')).rows[0].one).toBe(1)
+    } finally {
+      await before.end()
+    }
+    const stale = new pg.Client({ host: '127.0.0.1', port, ...app })
+    await expect(stale.connect()).rejects.toMatchObject({ code: '28P01' })
+    const fresh = new pg.Client({ host: '127.0.0.1', port, ...lab.postgresApp! })
+    await fresh.connect()
+    await fresh.end()
   })
 
   it('killPrimary: a different leader takes over; the old one rejoins as a replica', async () => {
