@@ -32,6 +32,13 @@ export function reconnectDelay(times: number): number {
   return Math.round(base / 2 + Math.random() * (base / 2))
 }
 
+/** Cluster options under which ioredis resends a command later: the cache needs them at 0. */
+export const CLUSTER_RETRY_OPTIONS = [
+  'retryDelayOnFailover',
+  'retryDelayOnClusterDown',
+  'retryDelayOnTryAgain',
+] as const
+
 /** Largest `commandTimeout` accepted on a client you pass in. */
 export function maxClientCommandTimeout(redisTimeoutMs: number): number {
   return Math.max(1000, redisTimeoutMs * 10)
@@ -48,6 +55,17 @@ export function checkCallerClient(client: RedisClient, redisTimeoutMs: number): 
     const opts = (client as Cluster).options
     if (opts.enableOfflineQueue !== false) {
       throw configError('cache.redis (your Cluster) enableOfflineQueue', 'false')
+    }
+    // ioredis sends a command again after these (ioredis defaults: 100 ms each): possibly after
+    // the cache told its caller the command failed, and after a delete that should have won.
+    for (const name of CLUSTER_RETRY_OPTIONS) {
+      if (opts[name] !== 0) {
+        throw configError(
+          `cache.redis (your Cluster) ${name}`,
+          '0 (a command is never sent again after the cache gave up on it)',
+          opts[name],
+        )
+      }
     }
     checkNodeOptions(
       (opts.redisOptions ?? {}) as Record<string, unknown>,
@@ -110,19 +128,20 @@ export function createOwnedClient(options: CacheRedisOptions, redisTimeoutMs: nu
 }
 
 /**
- * A second connection for pub/sub, owned by the cache. Its SUBSCRIBE is not under the cache's
- * deadline timer, so it keeps an ioredis `commandTimeout` (the caller client's, or
- * `redisTimeoutMs` for a client the cache created).
+ * A second connection for pub/sub, owned by the cache. The cache bounds its commands
+ * (SUBSCRIBE, the heartbeat PING) itself, after the poll phase (deadline.ts): no ioredis
+ * `commandTimeout`. It never resubscribes on its own: the bus does, and resyncs L1 then.
  */
-export function createSubscriber(client: RedisClient, redisTimeoutMs: number): RedisClient {
+export function createSubscriber(client: RedisClient): RedisClient {
   if (client.isCluster) {
     return (client as Cluster).duplicate(undefined, { enableOfflineQueue: false, lazyConnect: false })
   }
   return (client as Redis).duplicate({
-    commandTimeout: (client as Redis).options.commandTimeout ?? redisTimeoutMs,
+    commandTimeout: undefined,
     enableOfflineQueue: false,
     autoResubscribe: false,
     lazyConnect: false,
+    retryStrategy: reconnectDelay,
   })
 }
 
@@ -143,6 +162,21 @@ export function mgetCommand(client: RedisClient, keys: string[]): Command | unde
     keyPrefix: options.keyPrefix,
     errorStack: options.showFriendlyErrorStack ? new Error() : undefined,
   })
+}
+
+/**
+ * Drops a connection at once and lets the client make a new one (its retryStrategy). A
+ * graceful end would wait for the other side to close too: a hung or black-holed server never
+ * does, and the client would stay "ready" over a socket it can no longer write to.
+ */
+export function dropConnection(client: RedisClient): void {
+  if (client.isCluster) {
+    ;(client as Cluster).disconnect(true)
+    return
+  }
+  const stream = (client as unknown as { stream?: { destroy(): void } }).stream
+  if (stream) stream.destroy()
+  else client.disconnect(true)
 }
 
 /** `true` when commands can be written now (no queueing anywhere). */

@@ -1,7 +1,9 @@
 import { type Breaker, ResilientError } from '@resilient/core'
+import { Command } from 'ioredis'
 import {
   checkCallerClient,
   createOwnedClient,
+  dropConnection,
   isReady,
   isRedisClient,
   mgetCommand,
@@ -9,7 +11,7 @@ import {
 } from './client.js'
 import { bounded, DeadlineGuard } from './deadline.js'
 import type { ResolvedOptions } from './options.js'
-import { defineScripts, runScript, type ScriptName } from './scripts.js'
+import { isNoScript, type ScriptName, scriptCommand } from './scripts.js'
 import type { Telemetry } from './telemetry.js'
 
 export type OpResult<T> = { ok: true; value: T } | { ok: false; error: unknown }
@@ -17,21 +19,73 @@ export type OpResult<T> = { ok: true; value: T } | { ok: false; error: unknown }
 export const SKIPPED: OpResult<never> = { ok: false, error: undefined }
 
 /**
+ * Redis reply errors about one request, not about the server: they never count against the
+ * breaker (one bad key must not cut Redis off for every other key). READONLY is about the
+ * node (it was demoted) and is handled by reconnecting, not by the breaker, so that reads,
+ * which a replica still answers, keep working.
+ */
+const REQUEST_ERRORS = new Set(['CROSSSLOT', 'WRONGTYPE', 'NOPERM', 'NOSCRIPT', 'EXECABORT', 'READONLY'])
+
+/** The Redis error code of a reply error (its first word), or undefined. */
+export function replyCode(err: unknown): string | undefined {
+  if (!(err instanceof Error) || err.name !== 'ReplyError') return undefined
+  const m = /^([A-Z]+)\b/.exec(err.message)
+  return m?.[1]
+}
+
+/** The breaker's `isFailure`: every error counts, except the request errors above. */
+export function isNodeFailure(err: unknown): boolean {
+  const code = replyCode(err)
+  return code === undefined || !REQUEST_ERRORS.has(code)
+}
+
+/** ioredis refused to write the command (the connection was closing): it never reached Redis. */
+function isNotSent(err: unknown): boolean {
+  return (
+    err instanceof Error && err.message === "Stream isn't writeable and enableOfflineQueue options is false"
+  )
+}
+
+/** The client is making a connection (not given up, not a lazy client never started). */
+function isConnecting(client: RedisClient): boolean {
+  const s = client.status
+  return s === 'connecting' || s === 'connect' || s === 'reconnecting' || s === 'close'
+}
+
+function isTimeout(err: unknown): boolean {
+  return ResilientError.is(err, 'E_TIMEOUT') || (err instanceof Error && err.message === 'Command timed out')
+}
+
+/**
  * The connection to Redis and everything that bounds it: the client (created, or the
  * caller's, checked), the breaker in front of it, and the deadline timer that rejects an
- * operation at `redisTimeoutMs`. Every Redis call of the cache goes through `op()` or, for
- * the L2-hit read, `readL2()`. Neither ever throws or rejects for a Redis reason: a failure
- * is a result, a stat, an event and a channel message.
+ * operation at `redisTimeoutMs`. Every Redis call of the cache goes through it. Nothing here
+ * throws or rejects for a Redis reason: a failure is a result, a stat, an event and a
+ * channel message.
+ *
+ * - Reads and fills go through the breaker (`command`, `script`, `readL2`): skipped while it
+ *   is open or the client is not connected.
+ * - Invalidations (`{ always: true }`) are attempted whatever the breaker says: one bounded
+ *   round trip that tells the other instances, if Redis answers. Only a client that is not
+ *   connected skips them (nothing is ever queued).
+ * - After `reconnectAfterTimeouts` timeouts in a row, the connection is dropped and made
+ *   again: a black-holed connection (no reset, no reply) would otherwise stay "ready" until
+ *   the kernel gives up, minutes later. A READONLY reply (the node was demoted behind a
+ *   fixed endpoint) reconnects too.
  */
 export class RedisConnection {
   readonly client: RedisClient
   readonly owned: boolean
   readonly breaker: Breaker
-  readonly #deadlines: DeadlineGuard
   /** redisTimeoutMs: the bound of every operation. */
   readonly timeoutMs: number
+  readonly #deadlines: DeadlineGuard
   readonly #t: Telemetry
   readonly #cleanup: (() => void)[] = []
+  readonly #reconnectAfter: number
+  /** Timeouts in a row on this connection; any answer resets it. */
+  timeoutStreak = 0
+  #lastReconnect = Number.NEGATIVE_INFINITY
 
   constructor(
     o: ResolvedOptions,
@@ -42,6 +96,7 @@ export class RedisConnection {
     this.#t = t
     this.timeoutMs = o.redisTimeoutMs
     this.breaker = breaker
+    this.#reconnectAfter = o.reconnectAfterTimeouts
     this.#deadlines = new DeadlineGuard(o.redisTimeoutMs)
     if (isRedisClient(redis)) {
       checkCallerClient(redis, o.redisTimeoutMs)
@@ -51,7 +106,6 @@ export class RedisConnection {
       this.client = createOwnedClient(redis, o.redisTimeoutMs)
       this.owned = true
     }
-    defineScripts(this.client)
     this.listenErrors(this.client, 'client')
   }
 
@@ -65,53 +119,116 @@ export class RedisConnection {
     return isReady(this.client) && this.breaker.state !== 'open'
   }
 
-  /** One Redis operation: skipped if Redis is not usable now, else bounded and through the breaker. Never throws. */
-  op<T>(operation: string, timeoutMs: number, fn: () => Promise<T>): Promise<OpResult<T>> {
-    if (!isReady(this.client) || this.breaker.state === 'open') {
-      this.#t.counts.redisSkipped++
-      return Promise.resolve(SKIPPED)
-    }
-    return this.breaker
-      .execute(() => {
-        this.#t.counts.redisCommands++
-        return timeoutMs === this.timeoutMs
-          ? this.#deadlines.run(fn, operation)
-          : bounded(fn, timeoutMs, operation)
-      })
-      .then(
-        (value): OpResult<T> => ({ ok: true, value }),
-        (err: unknown): OpResult<T> => {
-          if (ResilientError.is(err, 'E_CIRCUIT_OPEN')) {
-            this.#t.counts.redisSkipped++
-            return SKIPPED
-          }
-          this.failed(operation, err)
-          return { ok: false, error: err }
-        },
-      )
+  /**
+   * One command, bounded. Skipped (SKIPPED) when the client is not connected, or, unless
+   * `always`, when the breaker is open.
+   */
+  command<T = unknown>(
+    operation: string,
+    name: string,
+    args: (string | number)[],
+    always = false,
+  ): Promise<OpResult<T>> {
+    return this.#run(operation, always, () => this.#send<T>(operation, this.#build(name, args)))
   }
 
-  /** A Lua script of `scripts.ts` as one bounded operation. */
+  /** A Lua script of `scripts.ts` as one bounded operation (EVALSHA, then EVAL after NOSCRIPT). */
   script(
     operation: string,
     name: ScriptName,
     keys: string[],
     args: (string | number)[],
+    always = false,
   ): Promise<OpResult<unknown>> {
-    return this.op(operation, this.timeoutMs, () => runScript(this.client, name, keys, args))
+    return this.#run(operation, always, () => this.#sendScript(operation, name, keys, args))
   }
 
-  /** The bare script call, for `op()`'s `fn`. */
-  runScript(name: ScriptName, keys: string[], args: (string | number)[]): Promise<unknown> {
-    return runScript(this.client, name, keys, args)
+  #run<T>(operation: string, always: boolean, fn: () => Promise<T>, waited = false): Promise<OpResult<T>> {
+    if (!isReady(this.client)) {
+      // An invalidation waits for a connection being made (after a blip, a reconnect), within
+      // one redisTimeoutMs; anything else skips Redis at once.
+      if (always && !waited && isConnecting(this.client)) {
+        return this.#whenReady().then((ok) => (ok ? this.#run(operation, always, fn, true) : this.#skip()))
+      }
+      return Promise.resolve(this.#skip())
+    }
+    const state = this.breaker.state
+    let p: Promise<T>
+    if (state === 'closed') p = this.breaker.execute(fn)
+    else if (always) p = fn()
+    else if (state === 'open') return Promise.resolve(this.#skip())
+    else p = this.breaker.execute(fn) // half-open: the one trial, or E_CIRCUIT_OPEN
+    return p.then(
+      (value): OpResult<T> => {
+        this.timeoutStreak = 0
+        return { ok: true, value }
+      },
+      (err: unknown): OpResult<T> | Promise<OpResult<T>> => {
+        if (ResilientError.is(err, 'E_CIRCUIT_OPEN')) return this.#skip()
+        if (isNotSent(err)) {
+          // The connection was going away as it was written: nothing reached Redis. An
+          // invalidation waits for the next connection (bounded), then tries once more.
+          if (!always || waited) return this.#skip()
+          return this.#whenReady().then((ok) => (ok ? this.#run(operation, always, fn, true) : this.#skip()))
+        }
+        this.failed(operation, err)
+        return { ok: false, error: err }
+      },
+    )
+  }
+
+  #skip(): OpResult<never> {
+    this.#t.counts.redisSkipped++
+    return SKIPPED
+  }
+
+  /** Resolves true when the client becomes ready (a 'ready' event), false after redisTimeoutMs or if it ends. */
+  #whenReady(): Promise<boolean> {
+    const client = this.client
+    return new Promise((resolve) => {
+      const done = (ok: boolean) => {
+        clearTimeout(timer)
+        client.off('ready', onReady)
+        client.off('end', onEnd)
+        resolve(ok)
+      }
+      const onReady = () => done(true)
+      const onEnd = () => done(false)
+      const timer = setTimeout(() => done(false), this.timeoutMs)
+      client.on('ready', onReady)
+      client.on('end', onEnd)
+    })
+  }
+
+  #build(name: string, args: (string | number)[]): Command {
+    const options = this.client.options as { keyPrefix?: string }
+    return new Command(name, args, { replyEncoding: 'utf8', keyPrefix: options.keyPrefix })
+  }
+
+  #send<T>(operation: string, command: Command): Promise<T> {
+    this.#t.counts.redisCommands++
+    return this.#deadlines.send<T>(this.client, command, operation)
+  }
+
+  #sendScript(
+    operation: string,
+    name: ScriptName,
+    keys: string[],
+    args: (string | number)[],
+  ): Promise<unknown> {
+    return this.#send(operation, scriptCommand(this.client, name, keys, args)).catch((err: unknown) => {
+      // Redis does not have the script (restarted, failed over): it did not run. Send its source.
+      if (!isNoScript(err)) throw err
+      return this.#send(operation, scriptCommand(this.client, name, keys, args, true))
+    })
   }
 
   /**
-   * `MGET keys` as `op()` does it but without its result wrapper, for the L2-hit path:
+   * `MGET keys` as `command()` does it but without its result wrapper, for the L2-hit path:
    * undefined when it is skipped (client not ready, breaker open); else a promise of the
-   * reply that rejects on a Redis error or timeout (hand the rejection to `readFailed`).
-   * The command is rejected at its deadline through ioredis's `Command#reject`: no timer
-   * and no promise of ours per read.
+   * reply that rejects on a Redis error or timeout (hand the rejection to `readFailed`, the
+   * reply to `readOk`). The command is rejected at its deadline through ioredis's
+   * `Command#reject`: no timer and no promise of ours per read.
    */
   readL2(keys: string[]): Promise<unknown> | undefined {
     const client = this.client
@@ -135,11 +252,42 @@ export class RedisConnection {
     return undefined
   }
 
-  /** Counts and reports a failed command. */
+  /** Counts and reports a failed command; reconnects after too many timeouts in a row, or a READONLY. */
   failed(operation: string, err: unknown): void {
-    const timeout =
-      ResilientError.is(err, 'E_TIMEOUT') || (err instanceof Error && err.message === 'Command timed out')
+    const timeout = isTimeout(err)
     this.#t.redisError(operation, timeout ? 'timeout' : 'error', err)
+    if (timeout) {
+      this.timeoutStreak++
+      if (this.#reconnectAfter > 0 && this.timeoutStreak >= this.#reconnectAfter) this.reconnect('timeouts')
+      return
+    }
+    this.timeoutStreak = 0 // an answer, if an error one
+    if (replyCode(err) === 'READONLY') this.reconnect('readonly')
+  }
+
+  /**
+   * Drops the connection and lets the client make a new one (its retryStrategy): in-flight
+   * commands fail at once, nothing is resent. At most once per `redisTimeoutMs` x 10 (1 s at
+   * least), so that a node that keeps answering READONLY is not hammered.
+   */
+  reconnect(reason: 'timeouts' | 'readonly'): void {
+    const now = performance.now()
+    if (now - this.#lastReconnect < Math.max(1000, this.timeoutMs * 10)) return
+    this.#lastReconnect = now
+    this.timeoutStreak = 0
+    this.#t.counts.reconnects++
+    this.#t.redisError(
+      'reconnect',
+      'connection',
+      new ResilientError(
+        'E_CACHE_UNAVAILABLE',
+        `reconnecting to Redis (${reason === 'timeouts' ? 'timeouts in a row' : 'the node answered READONLY'})`,
+        {
+          details: { reason },
+        },
+      ),
+    )
+    dropConnection(this.client)
   }
 
   /** 'error' events of a connection (refused, reset...): counted and reported, never thrown. */
@@ -150,13 +298,14 @@ export class RedisConnection {
   }
 
   /** The error of a write that did not reach Redis. */
-  unavailable(operation: string, cause: unknown): ResilientError {
+  unavailable(operation: string, cause: unknown, reason?: string): ResilientError {
     const why =
-      cause === undefined
-        ? this.breaker.state === 'open'
-          ? 'the Redis breaker is open'
-          : `redis is ${this.client.status}`
-        : 'the Redis command failed'
+      reason ??
+      (cause === undefined
+        ? `redis is ${this.client.status}`
+        : ResilientError.is(cause, 'E_TIMEOUT')
+          ? 'the Redis command timed out'
+          : 'the Redis command failed')
     return new ResilientError(
       'E_CACHE_UNAVAILABLE',
       `cache ${operation} did not reach Redis (${why}); this process's L1 was updated, other instances were not`,
@@ -169,7 +318,7 @@ export class RedisConnection {
     if (!isReady(this.client)) return { ok: false, why: `redis ${this.client.status}` }
     if (this.breaker.state === 'open') return { ok: false, why: 'redis breaker open' }
     const started = performance.now()
-    const r = await this.op('ping', this.timeoutMs, () => this.client.ping())
+    const r = await this.command('ping', 'ping', [])
     if (!r.ok) {
       const why = ResilientError.is(r.error, 'E_TIMEOUT')
         ? 'timed out'

@@ -3,10 +3,12 @@ import { ResilientError, sleep } from '@resilient/core'
 import type { CacheContext, CallOptions, Lookup, Outcome } from './context.js'
 import { noop } from './context.js'
 import { type Entry, encodeL2, makeEntry, serializeValue } from './entry.js'
+import { floorOf, type LocalFloors } from './floors.js'
 import type { Ticket } from './guard.js'
 import { KeyedMap } from './keyed.js'
 import { entryKeys } from './keys.js'
 import { type LoaderRunner, sleepResult, TIMED_OUT } from './loader.js'
+import { GENERATION_TTL_MS } from './options.js'
 import type { ReadPath } from './read-path.js'
 import type { TagIndex } from './tags.js'
 import type { Loader } from './types.js'
@@ -45,13 +47,21 @@ export class Fills {
   readonly #reads: ReadPath
   readonly #loaders: LoaderRunner
   readonly #tags: TagIndex | undefined
+  readonly #floors: LocalFloors
   readonly flights = new KeyedMap<Flight>()
 
-  constructor(c: CacheContext, reads: ReadPath, loaders: LoaderRunner, tags: TagIndex | undefined) {
+  constructor(
+    c: CacheContext,
+    reads: ReadPath,
+    loaders: LoaderRunner,
+    tags: TagIndex | undefined,
+    floors: LocalFloors,
+  ) {
     this.#c = c
     this.#reads = reads
     this.#loaders = loaders
     this.#tags = tags
+    this.#floors = floors
   }
 
   start(key: string, loader: Loader<unknown>, opts: CallOptions, staleL1: Entry | undefined): Flight {
@@ -91,12 +101,7 @@ export class Fills {
         const token = pre === NOT_READ && c.o.lease ? randomUUID() : ''
         const tagsDone =
           pre === NOT_READ && opts.tags?.length
-            ? this.#tags!.register(
-                key,
-                opts.tags,
-                opts.ttlMs + opts.graceMs,
-                performance.now() + c.o.redisTimeoutMs,
-              )
+            ? this.#tags!.register(key, opts.tags, opts.ttlMs + opts.graceMs)
             : undefined
         const r = pre === NOT_READ ? await this.#reads.lookup(key, token) : pre
         const tagsOk = tagsDone ? await tagsDone : true
@@ -118,8 +123,16 @@ export class Fills {
         }
       }
       c.t.miss(key)
+      // A key without a generation gets one before its loader runs: an invalidation that comes
+      // after changes it, and if an eviction removes it, the fill does not match either.
+      if (generation === '') generation = this.#createGeneration(key)
 
       if (waitForLease) {
+        if (stale && stale.hardExp > Date.now()) {
+          // Another process is loading it: serve what we have now instead of waiting for it.
+          flight.finish()
+          return this.#reads.serveStale(key, stale, 'lease-held', undefined)
+        }
         const w = await this.#waitForLease(key, ticket)
         if (w.entry) {
           c.l1?.put(key, w.entry, ticket)
@@ -133,10 +146,15 @@ export class Fills {
         }
       }
 
-      const { soft, hard } = c.o.loaderTimeoutMs
+      const { soft } = c.o.loaderTimeoutMs
+      // The floor of the invalidation this fill follows: from Redis (with the generation), else
+      // what this process heard of.
+      const floor =
+        (generation !== undefined ? floorOf(generation, Date.now()) : undefined) ??
+        this.#floors.forFill(key, opts.tags)
       c.t.counts.loads++
       const started = performance.now()
-      const load = this.#loaders.run(loader, hard)
+      const load = this.#loaders.run(loader, key, floor)
       const settle = async (background: boolean): Promise<Outcome> => {
         let value: unknown
         try {
@@ -260,6 +278,21 @@ export class Fills {
 
   #releaseLease(key: string, token: string): Promise<unknown> {
     return this.#c.redis!.script('release', 'release', [entryKeys(this.#c.namespace, key).lease], [token])
+  }
+
+  /**
+   * Creates the key's generation with a random value (SET NX), sent before the loader starts;
+   * the fill then expects that value. If another process created one first, or an invalidation
+   * came, or an eviction removed it, the fill does not match and is not stored. Not awaited:
+   * commands on one connection are answered in order, so it is done before the fill is checked.
+   */
+  #createGeneration(key: string): string | undefined {
+    const redis = this.#c.redis
+    if (!redis?.usable()) return undefined
+    const token = String(Math.floor(Math.random() * 2 ** 48) + 1)
+    const g = entryKeys(this.#c.namespace, key).generation
+    redis.command('generation', 'set', [g, token, 'NX', 'PX', GENERATION_TTL_MS]).then(noop, noop)
+    return token
   }
 
   /** Marks the in-flight load of `key` so that its result is not stored; new callers start afresh. */

@@ -200,16 +200,17 @@ describe('decodeL2', () => {
 })
 
 describe('clients the cache creates', () => {
-  it('the main client has no per-command timer (the deadline guard bounds it); the subscriber keeps commandTimeout', async () => {
+  it('neither the main client nor the subscriber has a per-command timer (the cache bounds their commands itself, after the poll phase)', async () => {
     const { createOwnedClient, createSubscriber } = await import('../src/client.js')
     const client = createOwnedClient({ host: '127.0.0.1', port: 1, retryStrategy: () => null }, 80)
     client.on('error', () => {})
-    const sub = createSubscriber(client, 80) as Redis
+    const sub = createSubscriber(client) as Redis
     sub.on('error', () => {})
     try {
       expect(client.options.commandTimeout).toBeUndefined()
       expect(client.options).toMatchObject({ enableOfflineQueue: false, maxRetriesPerRequest: 0 })
-      expect(sub.options.commandTimeout).toBe(80)
+      expect(sub.options.commandTimeout).toBeUndefined()
+      expect(sub.options).toMatchObject({ enableOfflineQueue: false, autoResubscribe: false })
     } finally {
       client.disconnect()
       sub.disconnect()

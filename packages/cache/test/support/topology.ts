@@ -1,0 +1,63 @@
+import type { CacheOptions } from '@resilient/cache'
+import { type Lab, startLab } from '@resilient/lab'
+import { Redis } from 'ioredis'
+
+/**
+ * One way of running Redis that the cache's contract suite runs against (as bentocache runs
+ * one suite per driver): a single server, a master with a replica behind Sentinel, a Cluster.
+ * The suite only uses what is here, so every test means the same thing on each.
+ */
+export interface Topology {
+  readonly name: 'standalone' | 'sentinel' | 'cluster'
+  readonly lab: Lab
+  /** The `redis` option of createCache: fresh options each time (the cache creates its client). */
+  redis(): CacheOptions['redis']
+  /** A plain ioredis client to look at and tamper with Redis (on a Cluster, routed by key). */
+  readonly raw: Pick<Redis, 'call' | 'publish' | 'quit' | 'disconnect'>
+  /** SIGSTOP every server that holds data: connections stay open, nothing answers. */
+  pause(): Promise<void>
+  resume(): Promise<void>
+  /** kill -9 and restart every server that holds data; undefined where that means a failover. */
+  readonly killAndRestart: { kill(): Promise<void>; restart(): Promise<void> } | undefined
+  close(): Promise<void>
+}
+
+export async function standalone(): Promise<Topology> {
+  const lab = await startLab({ nodes: 0 })
+  const raw = new Redis({ host: lab.redis.host, port: lab.redis.port })
+  raw.on('error', () => {}) // the kill test takes the server away from it too
+  return {
+    name: 'standalone',
+    lab,
+    redis: () => ({ host: lab.redis.host, port: lab.redis.port }),
+    raw,
+    pause: () => lab.pauseRedis(),
+    resume: () => lab.resumeRedis(),
+    killAndRestart: { kill: () => lab.killRedis(), restart: () => lab.restartRedis() },
+    async close() {
+      raw.disconnect()
+      await lab.down()
+    },
+  }
+}
+
+export async function sentinel(): Promise<Topology> {
+  const lab = await startLab({ nodes: 0, sentinel: true })
+  const s = lab.sentinel!
+  const raw = new Redis({ sentinels: s.sentinels, name: s.name })
+  raw.on('error', () => {})
+  return {
+    name: 'sentinel',
+    lab,
+    redis: () => ({ sentinels: s.sentinels, name: s.name }),
+    raw,
+    pause: () => lab.pauseRedis(),
+    resume: () => lab.resumeRedis(),
+    // Killing the master is a failover here: sentinel.int.test.ts does that on its own.
+    killAndRestart: undefined,
+    async close() {
+      raw.disconnect()
+      await lab.down()
+    },
+  }
+}
