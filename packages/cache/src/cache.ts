@@ -12,8 +12,9 @@ import {
 } from '@resilient/core'
 import { InvalidationBus } from './bus.js'
 import { isNodeFailure, RedisConnection } from './connection.js'
-import { CacheContext, type CallOptions } from './context.js'
-import { Fills } from './fill.js'
+import { CacheContext, type CallOptions, type Outcome } from './context.js'
+import type { Entry } from './entry.js'
+import { Fills, type Flight } from './fill.js'
 import { LocalFloors } from './floors.js'
 import { Invalidator } from './invalidation.js'
 import { LocalCache } from './l1.js'
@@ -95,8 +96,8 @@ class CacheImpl implements Cache {
     this.#fills = new Fills(c, this.#reads, this.#loaders, tags, floors)
     this.#reads.fills = this.#fills
     this.#writes = new Invalidator(c, this.#fills, tags, floors)
-    this.#bus =
-      this.#redis && this.#l1 ? new InvalidationBus(this.#redis, this.#writes, t, o.heartbeatMs) : undefined
+    // Without an L1 too: other instances' invalidations also cut this process's loads in flight.
+    this.#bus = this.#redis ? new InvalidationBus(this.#redis, this.#writes, t, o.heartbeatMs) : undefined
   }
 
   // ---------------------------------------------------------------- reads
@@ -121,8 +122,13 @@ class CacheImpl implements Cache {
     }
     const opts = this.#callOptions(options)
     let flight = this.#fills.flights.get(key)
-    if (!flight) flight = this.#fills.start(key, loader as Loader<unknown>, opts, staleL1)
-    const outcome = opts.signal ? await raceSignal(flight.promise, opts.signal) : await flight.promise
+    let outcome: Outcome
+    if (flight === undefined) {
+      flight = this.#fills.start(key, loader as Loader<unknown>, opts, staleL1)
+      outcome = opts.signal ? await raceSignal(flight.promise, opts.signal) : await flight.promise
+    } else {
+      outcome = await this.#join(flight, key, loader as Loader<unknown>, opts, staleL1)
+    }
     const counts = this.#t.counts
     if (outcome.source === 'l2') counts.hitsL2++
     else {
@@ -130,6 +136,25 @@ class CacheImpl implements Cache {
       if (outcome.source === 'stale') counts.stale++
     }
     return outcome.value as T
+  }
+
+  /**
+   * A caller that found the key in flight shares that load; but if the key was invalidated
+   * before the load's fill (here, or in Redis: the fill lost its race), this caller may have
+   * begun after that invalidation, and loads again (twice at most) instead of taking the old value.
+   */
+  async #join(
+    flight: Flight,
+    key: string,
+    loader: Loader<unknown>,
+    opts: CallOptions,
+    staleL1: Entry | undefined,
+  ): Promise<Outcome> {
+    for (let attempt = 0; ; attempt++) {
+      const outcome = opts.signal ? await raceSignal(flight.promise, opts.signal) : await flight.promise
+      if (outcome.source !== 'load' || attempt === 2 || (await flight.valid())) return outcome
+      flight = this.#fills.flights.get(key) ?? this.#fills.start(key, loader, opts, staleL1)
+    }
   }
 
   async get<T = unknown>(key: string): Promise<T | undefined> {
@@ -245,7 +270,7 @@ class CacheImpl implements Cache {
     const r = await redis.ping()
     if (!r.ok) return { status: 'warn', output: `${r.why}: serving from L1 and loaders` }
     const bus = this.#bus
-    if (bus && bus.state !== 'subscribed') {
+    if (bus && this.#l1 && bus.state !== 'subscribed') {
       return {
         status: 'warn',
         output: `invalidation bus ${bus.state}: this L1 does not hear other instances' invalidations (resynced when it subscribes)`,

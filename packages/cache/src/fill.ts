@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import { ResilientError, sleep } from '@resilient/core'
+import { type OpResult, SKIPPED } from './connection.js'
 import type { CacheContext, CallOptions, Lookup, Outcome } from './context.js'
 import { noop } from './context.js'
 import { type Entry, encodeL2, makeEntry, serializeValue } from './entry.js'
@@ -10,6 +11,7 @@ import { entryKeys } from './keys.js'
 import { type LoaderRunner, sleepResult, TIMED_OUT } from './loader.js'
 import { GENERATION_TTL_MS } from './options.js'
 import type { ReadPath } from './read-path.js'
+import { newGeneration } from './scripts.js'
 import type { TagIndex } from './tags.js'
 import type { Loader } from './types.js'
 
@@ -17,12 +19,24 @@ import type { Loader } from './types.js'
 export class Flight implements Ticket {
   invalidated = false
   promise!: Promise<Outcome>
+  /** Once its fill was sent: whether Redis stored it (false: an invalidation came first). */
+  verdict: Promise<boolean> | undefined
   #done = false
   constructor(
     readonly key: string,
     readonly tags: readonly string[] | undefined,
     readonly registry: KeyedMap<Flight>,
   ) {}
+
+  /**
+   * Whether a caller that joined this flight may take its loaded value: not if the key was
+   * invalidated while it loaded (here, or in Redis before the fill). The caller that started
+   * it may (its read began before the invalidation); one that joined may have begun after it.
+   */
+  valid(): boolean | Promise<boolean> {
+    if (this.invalidated) return false
+    return this.verdict ?? true
+  }
 
   /** The key is no longer in flight: the next caller starts afresh. Idempotent. */
   finish(): void {
@@ -125,7 +139,11 @@ export class Fills {
       c.t.miss(key)
       // A key without a generation gets one before its loader runs: an invalidation that comes
       // after changes it, and if an eviction removes it, the fill does not match either.
-      if (generation === '') generation = this.#createGeneration(key)
+      let created: Promise<string | null | undefined> | undefined
+      if (generation === '') {
+        created = this.#createGeneration(key)
+        generation = undefined
+      }
 
       if (waitForLease) {
         if (stale && stale.hardExp > Date.now()) {
@@ -176,8 +194,7 @@ export class Fills {
         }
         c.t.load(key, started, true)
         try {
-          const entry = this.#store(key, value, opts, flight, generation, leaseToken, tagsFailed)
-          flight.promise = Promise.resolve({ value: entry.value, source: 'load' })
+          this.#store(key, value, opts, flight, created ?? generation, leaseToken, tagsFailed)
           return { value, source: 'load' }
         } catch (err) {
           if (leaseToken) c.background(this.#releaseLease(key, leaseToken))
@@ -216,7 +233,7 @@ export class Fills {
     value: unknown,
     opts: CallOptions,
     flight: Flight,
-    generation: string | undefined,
+    generation: string | Promise<string | null | undefined> | undefined,
     leaseToken: string,
     tagsFailed: boolean,
   ): Entry {
@@ -240,16 +257,23 @@ export class Fills {
     const data = encodeL2(entry, payload)
     const k = entryKeys(c.namespace, key)
     const px = opts.ttlMs + opts.graceMs
-    const write = redis
-      .script('fill', 'fill', [k.value, k.generation, k.lease], [generation, data, px, leaseToken])
-      .then((r) => {
-        if (r.ok && r.value === 0) {
-          // Another instance invalidated the key while we loaded: drop what we put in L1.
-          c.l1?.deleteIf(key, entry)
-          c.t.discarded(key, 'generation-changed')
-        }
-      })
-    c.background(write.finally(() => flight.finish()))
+    const fill = (g: string | null | undefined) =>
+      g == null
+        ? this.#noFill(key, leaseToken, g === null)
+        : redis.script('fill', 'fill', [k.value, k.generation, k.lease], [g, data, px, leaseToken])
+    const write = (typeof generation === 'string' ? fill(generation) : generation.then(fill)).then((r) => {
+      if (r.ok && r.value === 0) {
+        // Another instance invalidated the key while we loaded: drop what we put in L1.
+        c.l1?.deleteIf(key, entry)
+        c.t.discarded(key, 'generation-changed')
+        return false
+      }
+      return true
+    })
+    flight.verdict = write
+    c.background(write)
+    // Callers from now on read L1, or L2 after the fill (one connection answers in order).
+    flight.finish()
     return entry
   }
 
@@ -281,18 +305,30 @@ export class Fills {
   }
 
   /**
-   * Creates the key's generation with a random value (SET NX), sent before the loader starts;
-   * the fill then expects that value. If another process created one first, or an invalidation
-   * came, or an eviction removed it, the fill does not match and is not stored. Not awaited:
-   * commands on one connection are answered in order, so it is done before the fill is checked.
+   * Gives a key that has no generation one, before its loader runs (not awaited: commands on
+   * one connection are answered in order, so the answer is in before the fill needs it).
+   * Resolves to the generation the fill must find: the one made here, or one another instance
+   * made first (`c...`: no invalidation came since). A number means an invalidation came after
+   * the lookup: the fill lost its race (null). undefined: Redis did not say (no L2 fill).
    */
-  #createGeneration(key: string): string | undefined {
+  #createGeneration(key: string): Promise<string | null | undefined> | undefined {
     const redis = this.#c.redis
     if (!redis?.usable()) return undefined
-    const token = String(Math.floor(Math.random() * 2 ** 48) + 1)
+    const token = newGeneration()
     const g = entryKeys(this.#c.namespace, key).generation
-    redis.command('generation', 'set', [g, token, 'NX', 'PX', GENERATION_TTL_MS]).then(noop, noop)
-    return token
+    return redis.script('generation', 'generation', [g], [token, GENERATION_TTL_MS]).then((r) => {
+      if (!r.ok || typeof r.value !== 'string') return undefined
+      return r.value === token || r.value.startsWith('c') ? r.value : null
+    })
+  }
+
+  /**
+   * A fill not sent to Redis: it lost its race (an invalidation came: answered as a fill Redis
+   * refused), or its generation is unknown (answered as a failed fill: L1 keeps it). The lease is released.
+   */
+  #noFill(key: string, leaseToken: string, raced: boolean): Promise<OpResult<unknown>> {
+    if (leaseToken) this.#c.background(this.#releaseLease(key, leaseToken))
+    return Promise.resolve(raced ? { ok: true, value: 0 } : SKIPPED)
   }
 
   /** Marks the in-flight load of `key` so that its result is not stored; new callers start afresh. */

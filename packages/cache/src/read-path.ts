@@ -4,6 +4,7 @@ import { decodeL2, type Entry } from './entry.js'
 import type { Fills, Flight } from './fill.js'
 import { entryBase } from './keys.js'
 import { GENERATION_TTL_MS } from './options.js'
+import { newGeneration } from './scripts.js'
 import type { Loader, StaleReason } from './types.js'
 
 const RESOLVED_UNDEFINED: Promise<undefined> = Promise.resolve(undefined)
@@ -40,7 +41,7 @@ export class ReadPath {
           leaseToken,
           (this.#c.o.lease as { ttlMs: number }).ttlMs,
           // the generation to create if the key has none (see fill.ts #createGeneration)
-          Math.floor(Math.random() * 2 ** 48) + 1,
+          newGeneration(),
           GENERATION_TTL_MS,
         ],
       )

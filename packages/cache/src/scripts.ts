@@ -9,8 +9,9 @@ import type { RedisClient } from './client.js'
  * A key's generation (`:g`) is `<n>` or `<n>|<floor expiry, epoch ms>|<floor>`: `<n>` changes
  * on every invalidation (`n + 1`); a fill is stored only if the generation is exactly the one
  * read before its loader started. A missing generation never matches: before loading a key
- * that has none, the cache creates one with a random `<n>` (SET NX), so a generation that an
- * eviction removed cannot pass for "never invalidated".
+ * that has none, the cache creates one, `c<random>` (the `generation` script), so a generation
+ * that an eviction removed cannot pass for "never invalidated". An invalidation always writes
+ * a number (a created one reads as 0): a `c...` generation means none came since it was made.
  *
  * Stored value format: `<logical expiry, epoch ms>:<physical expiry>:<tags JSON>\n<payload>`.
  */
@@ -89,6 +90,17 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 if ARGV[4] ~= '' then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 return 1`,
   },
+  /**
+   * KEYS: generation. ARGV: new generation, generation ttl. -> the key's generation: the new one
+   * if it had none, else the one it has (another instance created it first, or an invalidation).
+   */
+  generation: {
+    numberOfKeys: 1,
+    lua: `local g = redis.call('GET', KEYS[1])
+if g then return g end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return ARGV[1]`,
+  },
   /** KEYS: lease. ARGV: token. Releases a lease this process holds. */
   release: {
     numberOfKeys: 1,
@@ -130,6 +142,11 @@ return n`,
 } as const
 
 export type ScriptName = keyof typeof SCRIPTS
+
+/** A generation for a key that has none: `c` and 64 random bits, never a number. */
+export function newGeneration(): string {
+  return `c${Math.floor(Math.random() * 2 ** 32).toString(36)}${Math.floor(Math.random() * 2 ** 32).toString(36)}`
+}
 
 const SHAS = Object.fromEntries(
   Object.entries(SCRIPTS).map(([name, s]) => [name, createHash('sha1').update(s.lua).digest('hex')]),

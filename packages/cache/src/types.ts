@@ -106,9 +106,9 @@ export interface CacheStats {
   /** 'ready', 'connecting', 'reconnecting', 'end'..., or 'none' for an L1-only cache. */
   redisStatus: string
   /**
-   * The invalidation bus (pub/sub from other instances to this L1): 'subscribed', or
-   * 'connecting' / 'subscribing' / 'down' while this L1 cannot hear invalidations; 'none'
-   * without L1 or without Redis.
+   * The invalidation bus (other instances' invalidations, to this L1 and the loads in flight
+   * here): 'subscribed', or 'connecting' / 'subscribing' / 'down' while it cannot hear them;
+   * 'none' without Redis.
    */
   pubsub: string
 }

@@ -77,7 +77,9 @@ describe('L2 hit path', () => {
     const { client, sent } = stubClient((c) => (c.name === 'mget' ? NO_REPLY : 1))
     cache = createCache({ redis: client, namespace: 'ns', l1: false, redisTimeoutMs: 50 })
     const errors: unknown[] = []
-    cache.onRedisError((e) => errors.push(e.error))
+    cache.onRedisError((e) => {
+      if (e.operation === 'lookup') errors.push(e.error)
+    })
     const p = cache.getOrLoad('k', async () => 'loaded')
     await vi.advanceTimersByTimeAsync(49)
     expect(cache.stats().loads).toBe(0)
