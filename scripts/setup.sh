@@ -67,6 +67,24 @@ build() {
   log "building (tsc -b)"
   cd "$ROOT"
   "${PNPM[@]}" exec tsc -b
+  generate_prisma
+}
+
+# The Prisma client of pg-router's ORM test (packages/pg-router/test/prisma/schema.prisma ->
+# generated/, git-ignored), regenerated when the schema or the lockfile is newer. `prisma
+# generate` needs no engine binary, but looks for the schema engine first and would download
+# it: PRISMA_SCHEMA_ENGINE_BINARY pointing at any executable stops that (it is not run).
+generate_prisma() {
+  local dir="$ROOT/packages/pg-router/test/prisma"
+  local out="$dir/generated/client.ts"
+  if [ -f "$out" ] && [ ! "$dir/schema.prisma" -nt "$out" ] && [ ! "$ROOT/pnpm-lock.yaml" -nt "$out" ]; then
+    return 0
+  fi
+  log "prisma generate (pg-router ORM test)"
+  (cd "$ROOT/packages/pg-router" &&
+    PRISMA_SCHEMA_ENGINE_BINARY="${PRISMA_SCHEMA_ENGINE_BINARY:-$(type -P true)}" \
+      CHECKPOINT_DISABLE=1 PRISMA_HIDE_UPDATE_MESSAGE=1 \
+      "${PNPM[@]}" exec prisma generate --schema test/prisma/schema.prisma)
 }
 
 check_node

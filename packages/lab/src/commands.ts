@@ -1,15 +1,17 @@
 import { existsSync } from 'node:fs'
 import { resolve } from 'node:path'
 import { parseArgs } from 'node:util'
-import { Lab, type LabStatus, startLab } from './lab.js'
+import { Lab, type LabStatus } from './lab.js'
 import { killLabSync, serverPids, teardown } from './procs.js'
+import { startLab } from './start.js'
 import { readState, statePath } from './state.js'
 import { errorMessage, isProcessAlive } from './util.js'
 
 export const USAGE = `resilient-lab: a real Patroni + etcd + Redis (+ Sentinel) cluster on 127.0.0.1, for tests.
 
 Usage:
-  resilient-lab up [--nodes N] [--sync] [--sentinel] [--no-redis] [--dir DIR] [--timeout MS] [--json]
+  resilient-lab up [--nodes N] [--sync] [--failsafe] [--sentinel] [--redis-replica] [--redis-cluster]
+                   [--no-redis] [--dir DIR] [--timeout MS] [--json]
   resilient-lab status [--dir DIR] [--json]
   resilient-lab down [--dir DIR]
   resilient-lab chaos <verb> [arg] [--dir DIR] [--json]
@@ -26,16 +28,33 @@ Chaos verbs:
   switchover [NAME]         planned switchover (to NAME when given); waits for the new leader
   wait-primary              wait for a running leader (--not NAME: other than NAME)
   wait-replicas [N]         wait for N streaming replicas (default: members - 1)
+  freeze-member NAME        SIGSTOP a member's Patroni, postmaster and all its children (a hang, no resets)
+  freeze-primary            freeze-member of the leader; prints its name
+  thaw-member NAME          SIGCONT them (children, postmaster, then Patroni)
+  freeze-dcs                SIGSTOP etcd        thaw-dcs   SIGCONT it
+  read-only on|off          default_transaction_read_only in Patroni's dynamic configuration
+                            (every member, existing sessions too); waits until the leader shows it
   pause-redis               SIGSTOP the Redis primary      resume-redis   SIGCONT it
   kill-redis                kill -9 the Redis primary      restart-redis  start it again, same port
   kill-redis-primary        (--sentinel) kill -9 the sentinels' master
+  demote-redis-primary      (--redis-replica) promote the replica, make the old primary its replica
+                            (REPLICAOF); the endpoint follows (--drop: close its connections)
+  failover-redis-cluster [NAME|KEY]
+                            (--redis-cluster) CLUSTER FAILOVER of a master (by name, or the master
+                            of KEY's slot; default the first) on its replica; waits until ok
+  kill-redis-cluster-master [NAME|KEY]
+                            (--redis-cluster) kill -9 a master; waits until its replica took over
+  restart-redis-node NAME   start a stopped Redis server or Redis Cluster node again
   wait-redis-failover       (--sentinel) wait until the sentinels promote another server
 
 Options:
   --dir DIR        lab folder (default: .lab under the current directory)
   --nodes N        Patroni members, 0 for Redis only (default 3)
   --sync           Patroni synchronous_mode
+  --failsafe       Patroni failsafe_mode (the leader survives losing etcd while all members answer)
   --sentinel       a Redis replica and 3 sentinels (master name 'resilient')
+  --redis-replica  a Redis replica and a fixed endpoint in front of the primary
+  --redis-cluster  a Redis Cluster: 3 masters + 3 replicas
   --no-redis       no Redis
   --timeout MS     how long to wait for readiness or a chaos verb (default 90000)
   --json           machine-readable output
@@ -59,7 +78,11 @@ export interface ParsedCli {
   dir: string
   nodes: number
   sync: boolean
+  failsafe: boolean
   sentinel: boolean
+  redisReplica: boolean
+  redisCluster: boolean
+  drop: boolean
   redis: boolean
   json: boolean
   graceful: boolean
@@ -77,7 +100,11 @@ export function parseCli(argv: string[], cwd: string): ParsedCli {
       dir: { type: 'string' },
       nodes: { type: 'string' },
       sync: { type: 'boolean', default: false },
+      failsafe: { type: 'boolean', default: false },
       sentinel: { type: 'boolean', default: false },
+      'redis-replica': { type: 'boolean', default: false },
+      'redis-cluster': { type: 'boolean', default: false },
+      drop: { type: 'boolean', default: false },
       'no-redis': { type: 'boolean', default: false },
       json: { type: 'boolean', default: false },
       graceful: { type: 'boolean', default: false },
@@ -99,7 +126,11 @@ export function parseCli(argv: string[], cwd: string): ParsedCli {
     dir: resolve(cwd, values.dir ?? '.lab'),
     nodes,
     sync: values.sync ?? false,
+    failsafe: values.failsafe ?? false,
     sentinel: values.sentinel ?? false,
+    redisReplica: values['redis-replica'] ?? false,
+    redisCluster: values['redis-cluster'] ?? false,
+    drop: values.drop ?? false,
     redis: !(values['no-redis'] ?? false),
     json: values.json ?? false,
     graceful: values.graceful ?? false,
@@ -172,8 +203,11 @@ async function up(cli: ParsedCli, io: CliIO, log: (line: string) => void): Promi
     lab = await startLab({
       nodes: cli.nodes,
       synchronousMode: cli.sync,
+      failsafeMode: cli.failsafe,
       redis: cli.redis,
       sentinel: cli.sentinel,
+      redisReplica: cli.redisReplica,
+      redisCluster: cli.redisCluster,
       baseDir: cli.dir,
       readyTimeoutMs: cli.timeoutMs,
       persistent: true,
@@ -197,6 +231,8 @@ export interface LabDescription {
   patroni?: { endpoints: string[]; scope: string }
   members: Array<{ name: string; host: string; port: number; apiUrl: string; role?: string }>
   redis?: { host: string; port: number }
+  redisEndpoint?: { host: string; port: number }
+  redisCluster?: { nodes: Array<{ name: string; host: string; port: number; role: string }> }
   sentinel?: { sentinels: Array<{ host: string; port: number }>; name: string }
 }
 
@@ -215,6 +251,8 @@ async function describe(lab: Lab): Promise<LabDescription> {
       return { ...m, ...(role ? { role } : {}) }
     }),
     ...(lab.state.redis.length > 0 ? { redis: lab.redis } : {}),
+    ...(lab.redisEndpoint ? { redisEndpoint: lab.redisEndpoint } : {}),
+    ...(lab.redisCluster ? { redisCluster: lab.redisCluster } : {}),
     ...(lab.sentinel ? { sentinel: lab.sentinel } : {}),
   }
 }
@@ -234,6 +272,13 @@ export function formatUp(info: LabDescription): string {
     lines.push(`patroni    ${info.patroni?.endpoints.join(',')}`)
   }
   if (info.redis) lines.push(`redis      ${info.redis.host}:${info.redis.port}`)
+  if (info.redisEndpoint)
+    lines.push(`endpoint   ${info.redisEndpoint.host}:${info.redisEndpoint.port} (follows the Redis primary)`)
+  if (info.redisCluster) {
+    lines.push(
+      `cluster    ${info.redisCluster.nodes.map((n) => `${n.host}:${n.port}${n.role === 'master' ? ' (master)' : ''}`).join(',')}`,
+    )
+  }
   if (info.sentinel) {
     lines.push(
       `sentinel   name=${info.sentinel.name} ${info.sentinel.sentinels.map((s) => `${s.host}:${s.port}`).join(',')}`,
@@ -265,6 +310,7 @@ async function status(cli: ParsedCli, io: CliIO, log: (line: string) => void): P
 }
 
 export function isHealthy(st: LabStatus, streaming: string[]): boolean {
+  if (st.dcsFrozen || st.members.some((m) => m.frozen)) return false
   if (st.members.length > 0) {
     const leaders = st.members.filter((m) => m.role === 'leader' && m.state === 'running')
     if (leaders.length !== 1) return false
@@ -272,6 +318,8 @@ export function isHealthy(st: LabStatus, streaming: string[]): boolean {
     if (!replicas.every((r) => streaming.includes(r.name) && typeof r.lag === 'number')) return false
   }
   if (st.redis.some((r) => r.role === 'down' || r.role === 'not answering')) return false
+  if (st.redisCluster?.some((r) => r.detail !== 'cluster_state:ok')) return false
+  if (st.redisEndpoint && !st.redisEndpoint.ok) return false
   return st.sentinels.every((s) => s.ok)
 }
 
@@ -279,6 +327,7 @@ export function formatStatus(st: LabStatus, streaming: string[]): string {
   const lines = [`lab ${st.baseDir} (scope ${st.scope})`]
   if (st.members.length > 0) {
     if (st.patroniError) lines.push(`patroni: ${st.patroniError}`)
+    if (st.dcsFrozen) lines.push('etcd: frozen (SIGSTOP; resilient-lab chaos thaw-dcs)')
     lines.push('member  role          state         lag       timeline  postgres         pid     replication')
     for (const m of st.members) {
       const lag = m.role === 'leader' ? '-' : m.lag === undefined ? '?' : String(m.lag)
@@ -288,7 +337,7 @@ export function formatStatus(st: LabStatus, streaming: string[]): string {
         [
           m.name.padEnd(7),
           m.role.padEnd(13),
-          m.state.padEnd(13),
+          (m.frozen ? 'frozen' : m.state).padEnd(13),
           lag.padEnd(9),
           String(m.timeline ?? '-').padEnd(9),
           `127.0.0.1:${m.port}`.padEnd(16),
@@ -304,6 +353,17 @@ export function formatStatus(st: LabStatus, streaming: string[]): string {
   for (const r of st.redis) {
     lines.push(
       `${r.name.padEnd(9)} ${r.role.padEnd(13)} 127.0.0.1:${r.port}  pid ${r.pid ?? '-'}  ${r.detail}`,
+    )
+  }
+  for (const r of st.redisCluster ?? []) {
+    lines.push(
+      `${r.name.padEnd(9)} ${r.role.padEnd(13)} 127.0.0.1:${r.port}  pid ${r.pid ?? '-'}  ${r.detail}`,
+    )
+  }
+  if (st.redisEndpoint) {
+    const e = st.redisEndpoint
+    lines.push(
+      `${'endpoint'.padEnd(9)} ${(e.ok ? 'ok' : 'down').padEnd(13)} 127.0.0.1:${e.port}  pid ${e.pid ?? '-'}  -> ${e.target}`,
     )
   }
   for (const s of st.sentinels) {
@@ -367,6 +427,34 @@ async function chaos(cli: ParsedCli, io: CliIO, log: (line: string) => void): Pr
       result = { replicas: replicas.map((r) => r.name) }
       break
     }
+    case 'freeze-member': {
+      const frozen = await lab.freezeMember(need('a member name'))
+      result = { frozen: frozen.name, pids: frozen.pids }
+      break
+    }
+    case 'freeze-primary':
+      result = { frozen: await lab.freezePrimary() }
+      break
+    case 'thaw-member':
+      await lab.thawMember(need('a member name'))
+      result = { thawed: arg }
+      break
+    case 'freeze-dcs':
+      await lab.freezeDcs()
+      result = { frozen: 'etcd' }
+      break
+    case 'thaw-dcs':
+      await lab.thawDcs()
+      result = { thawed: 'etcd' }
+      break
+    case 'read-only': {
+      const value = need('on or off')
+      if (value !== 'on' && value !== 'off')
+        throw new Error(`chaos read-only needs on or off, got "${value}"`)
+      await lab.setReadOnly(value === 'on', { timeoutMs: cli.timeoutMs })
+      result = { readOnly: value }
+      break
+    }
     case 'pause-redis':
       await lab.pauseRedis()
       result = { paused: lab.redis }
@@ -385,6 +473,25 @@ async function chaos(cli: ParsedCli, io: CliIO, log: (line: string) => void): Pr
       break
     case 'kill-redis-primary':
       result = { killed: await lab.killRedisPrimary() }
+      break
+    case 'demote-redis-primary': {
+      const r = await lab.demoteRedisPrimary({ dropConnections: cli.drop, timeoutMs: cli.timeoutMs })
+      result = { demoted: r.demoted, promoted: r.promoted }
+      break
+    }
+    case 'failover-redis-cluster': {
+      const r = await lab.failoverRedisClusterMaster(arg, { timeoutMs: cli.timeoutMs })
+      result = { master: r.master, promoted: r.promoted }
+      break
+    }
+    case 'kill-redis-cluster-master': {
+      const r = await lab.killRedisClusterMaster(arg, { timeoutMs: cli.timeoutMs })
+      result = { killed: r.master, promoted: r.promoted }
+      break
+    }
+    case 'restart-redis-node':
+      await lab.restartRedisNode(need('a Redis server name'))
+      result = { restarted: arg }
       break
     case 'wait-redis-failover':
       result = { master: await lab.waitForRedisFailover({ timeoutMs: cli.timeoutMs }) }

@@ -3,7 +3,9 @@ export {
   DCS_DEFAULTS,
   etcdArgs,
   patroniConfig,
+  REDIS_CLUSTER_DEFAULTS,
   redisArgs,
+  redisClusterArgs,
   SENTINEL_MASTER_NAME,
   scopeFor,
   sentinelConf,
@@ -11,10 +13,10 @@ export {
 export {
   type ClusterInfo,
   type ClusterMember,
+  type FrozenMember,
   Lab,
   type LabMember,
   type LabMemberStatus,
-  type LabOptions,
   type LabStatus,
   logShowsDivergence,
   parsePsqlOutput,
@@ -22,7 +24,6 @@ export {
   type SentinelInfo,
   type StartMemberOptions,
   type StartMemberResult,
-  startLab,
 } from './lab.js'
 export {
   ensurePackages,
@@ -32,7 +33,16 @@ export {
   requirements,
 } from './packages.js'
 export { canListen, kernelPort, PortAllocator } from './ports.js'
+export {
+  type ClusterNodesEntry,
+  parseClusterNodes,
+  type RedisClusterFailover,
+  type RedisClusterInfo,
+  type RedisClusterNode,
+  slotRanges,
+} from './redis-cluster.js'
 export { parseReply, RespError, type RespValue, redisCommand } from './resp.js'
+export { type LabOptions, startLab } from './start.js'
 export {
   type LabState,
   parseState,

@@ -3,7 +3,16 @@ import { closeSync, openSync, readFileSync, rmSync, statSync } from 'node:fs'
 import { dirname } from 'node:path'
 import { releasePorts } from './ports.js'
 import type { LabState } from './state.js'
-import { isProcessAlive, readPostmasterPid, signalTree, sleep, waitForExit, waitForReaped } from './util.js'
+import {
+  descendants,
+  isProcessAlive,
+  readPostmasterPid,
+  signalPid,
+  signalTree,
+  sleep,
+  waitForExit,
+  waitForReaped,
+} from './util.js'
 
 export interface RunAs {
   uid: number
@@ -118,6 +127,8 @@ export function serverPids(state: LabState): { servers: number[]; patroni: numbe
     ...(state.etcd?.pid ? [state.etcd.pid] : []),
     ...state.redis.flatMap((r) => (r.pid ? [r.pid] : [])),
     ...(state.sentinel?.sentinels ?? []).flatMap((s) => (s.pid ? [s.pid] : [])),
+    ...(state.redisCluster?.nodes ?? []).flatMap((n) => (n.pid ? [n.pid] : [])),
+    ...(state.redisEndpoint?.pid ? [state.redisEndpoint.pid] : []),
   ]
   const postmasters = state.members.flatMap((m) => {
     const pm = readPostmasterPid(m.dataDir)
@@ -134,9 +145,13 @@ export function serverPids(state: LabState): { servers: number[]; patroni: numbe
  */
 export function killLabSync(state: LabState): void {
   const { servers, postmasters } = serverPids(state)
+  // Listed first: a postmaster's children lead groups of their own, and once it is dead they
+  // are orphans nobody could find; a frozen (SIGSTOPped) one would never notice its death.
+  const children = postmasters.flatMap((pm) => descendants(pm))
   const shm = sharedMemoryOf(state)
   for (const pid of servers) signalTree(pid, 'SIGKILL', state.baseDir)
   for (const pid of postmasters) signalTree(pid, 'SIGKILL', state.baseDir)
+  for (const pid of children) signalPid(pid, 'SIGKILL', state.baseDir)
   releasePorts(state.baseDir, state.ports)
   // With a live watchdog, the folder stays for it: it needs postmaster.pid to free shared memory.
   if (state.watchdogPid && isProcessAlive(state.watchdogPid)) return
@@ -162,15 +177,24 @@ export function killLabSync(state: LabState): void {
 export async function teardown(state: LabState, log: (line: string) => void): Promise<number[]> {
   if (state.watchdogPid) signalTree(state.watchdogPid, 'SIGKILL', state.baseDir)
   const { servers, patroni, postmasters } = serverPids(state)
+  // Listed before anything dies (once their postmaster is gone they are orphans).
+  const children = postmasters.flatMap((pm) => descendants(pm))
   const shm = sharedMemoryOf(state)
   for (const pid of patroni) signalTree(pid, 'SIGKILL', state.baseDir)
+  // A frozen (SIGSTOPped) process acts on no signal but SIGKILL: continue the postmasters and
+  // their children first, so that SIGQUIT is handled (SIGKILL needs no such care).
+  for (const pid of [...children].reverse()) signalPid(pid, 'SIGCONT', state.baseDir)
+  for (const pid of postmasters) signalPid(pid, 'SIGCONT', state.baseDir)
   for (const pid of postmasters) signalTree(pid, 'SIGQUIT', state.baseDir)
   for (const pid of servers) if (!patroni.includes(pid)) signalTree(pid, 'SIGKILL', state.baseDir)
-  const all = [...servers, ...postmasters, ...(state.watchdogPid ? [state.watchdogPid] : [])]
+  const all = [...servers, ...postmasters, ...children, ...(state.watchdogPid ? [state.watchdogPid] : [])]
   let alive = await waitForExit(all, 3000)
   if (alive.length > 0) {
     log(`still alive after 3 s, sending SIGKILL: ${alive.join(' ')}`)
-    for (const pid of alive) signalTree(pid, 'SIGKILL', state.baseDir)
+    for (const pid of alive) {
+      signalTree(pid, 'SIGKILL', state.baseDir)
+      signalPid(pid, 'SIGKILL', state.baseDir)
+    }
     alive = await waitForExit(alive, 5000)
   }
   await waitForReaped(all, 2000)
@@ -259,6 +283,26 @@ function postmaster(dataDir) {
     return { pid: Number(lines[0]), key: Number(shm[0]), id: Number(shm[1]) }
   } catch { return undefined }
 }
+function descendants(root) {
+  const kids = new Map()
+  let entries = []
+  try { entries = fs.readdirSync('/proc') } catch { return [] }
+  for (const e of entries) {
+    if (!/^[0-9]+$/.test(e)) continue
+    try {
+      const s = fs.readFileSync('/proc/' + e + '/stat', 'utf8')
+      const rest = s.slice(s.lastIndexOf(')') + 2).split(' ')
+      if (rest[0] === 'Z' || rest[0] === 'X') continue
+      const ppid = Number(rest[1])
+      if (!kids.has(ppid)) kids.set(ppid, [])
+      kids.get(ppid).push(Number(e))
+    } catch {}
+  }
+  const out = []
+  const queue = [root]
+  while (queue.length) for (const k of kids.get(queue.shift()) || []) { out.push(k); queue.push(k) }
+  return out
+}
 function sleep(ms) { Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms) }
 function cleanup() {
   let state
@@ -270,10 +314,16 @@ function cleanup() {
       ...(state.etcd ? [state.etcd.pid] : []),
       ...(state.redis || []).map((r) => r.pid),
       ...((state.sentinel && state.sentinel.sentinels) || []).map((s) => s.pid),
+      ...((state.redisCluster && state.redisCluster.nodes) || []).map((n) => n.pid),
+      ...(state.redisEndpoint ? [state.redisEndpoint.pid] : []),
     ].filter(Boolean)
+    // A postmaster's children lead groups of their own: list them before it dies (a frozen
+    // child would never notice its death).
+    const children = pms.flatMap((pm) => descendants(pm.pid))
     for (const pid of pids) kill(pid, 'SIGKILL')
     for (const pm of pms) kill(pm.pid, 'SIGKILL')
-    const all = [...pids, ...pms.map((p) => p.pid)]
+    for (const pid of children) { if (ours(pid) !== false) { try { process.kill(pid, 'SIGKILL') } catch {} } }
+    const all = [...pids, ...pms.map((p) => p.pid), ...children]
     for (let i = 0; i < 200 && all.some(alive); i++) sleep(25)
     try {
       const table = fs.readFileSync('/proc/sysvipc/shm', 'utf8').split('\n').slice(1)

@@ -1,4 +1,5 @@
-import { readFileSync, readlinkSync } from 'node:fs'
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs'
+import { connect } from 'node:net'
 
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
 
@@ -112,6 +113,71 @@ export function signalTree(pid: number | undefined, signal: NodeJS.Signals, ownD
   return sent
 }
 
+/**
+ * Sends `signal` to `pid` alone (not its group), only when it verifiably runs inside `ownDir`
+ * or its working directory cannot be read (see processRunsIn). Never throws.
+ */
+export function signalPid(pid: number, signal: NodeJS.Signals, ownDir: string): boolean {
+  if (!Number.isInteger(pid) || pid <= 1) return false
+  if (processRunsIn(pid, ownDir) === false) return false
+  try {
+    process.kill(pid, signal)
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** The state letter of /proc/<pid>/stat ('R', 'S', 'T' stopped, 'Z'...), or undefined when gone. */
+export function processState(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3)
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * Every live descendant of `pid` (children, their children, ...), read from /proc (parent PIDs),
+ * parents before their children. [] when there is no /proc.
+ */
+export function descendants(pid: number): number[] {
+  let entries: string[]
+  try {
+    entries = readdirSync('/proc')
+  } catch {
+    return []
+  }
+  const children = new Map<number, number[]>()
+  for (const entry of entries) {
+    const child = Number(entry)
+    if (!Number.isInteger(child) || child <= 0) continue
+    let stat: string
+    try {
+      stat = readFileSync(`/proc/${entry}/stat`, 'utf8')
+    } catch {
+      continue // exited meanwhile
+    }
+    // "pid (comm) S ppid ...": read after the last ')'.
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    if (rest[0] === 'Z' || rest[0] === 'X') continue
+    const parent = Number(rest[1])
+    const list = children.get(parent)
+    if (list) list.push(child)
+    else children.set(parent, [child])
+  }
+  const out: number[] = []
+  const queue = [pid]
+  while (queue.length > 0) {
+    for (const child of children.get(queue.shift()!) ?? []) {
+      out.push(child)
+      queue.push(child)
+    }
+  }
+  return out
+}
+
 function isZombie(pid: number): boolean {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
@@ -182,4 +248,48 @@ export function readPostmasterPid(
 
 export function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err)
+}
+
+/**
+ * Dead is not yet closed: until the kernel has torn a killed server's listening socket down, a
+ * connect can still land in the old backlog and be reset (ECONNRESET instead of ECONNREFUSED,
+ * seen in CI for Redis and for Patroni's REST API). Resolves once every port refuses.
+ */
+export async function waitUntilRefused(what: string, ports: number[]): Promise<void> {
+  await waitFor(
+    `port(s) ${ports.join(', ')} of ${what} to refuse connections`,
+    async () => {
+      for (const port of ports) if (!(await portRefuses(port))) return undefined
+      return true
+    },
+    { timeoutMs: 5000, intervalMs: 20 },
+  )
+}
+
+/** True when a TCP connect to 127.0.0.1:port is refused (nothing listens there). */
+export function portRefuses(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect({ host: '127.0.0.1', port })
+    const done = (refused: boolean) => {
+      socket.destroy()
+      resolve(refused)
+    }
+    socket.setTimeout(500, () => done(false))
+    socket.once('connect', () => done(false))
+    socket.once('error', (err: NodeJS.ErrnoException) => done(err.code === 'ECONNREFUSED'))
+  })
+}
+
+/** An Error that ends a waitFor() at once (e.g. "the server exited"). */
+export function fatal(message: string): Error {
+  return Object.assign(new Error(message), { fatal: true })
+}
+
+/** The last `lines` lines of a file ('' when unreadable): for errors about a server that exited. */
+export function tail(file: string, lines = 15): string {
+  try {
+    return readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n')
+  } catch {
+    return ''
+  }
 }

@@ -101,6 +101,28 @@ describe('resilient-lab CLI', () => {
     expect(paused.stdout).toMatch(/redis0\s+not answering/)
     expect((await run(['chaos', 'resume-redis', '--dir', dir], work)).code).toBe(0)
 
+    // freeze-member / thaw-member of a replica: status shows it frozen (exit 3) meanwhile.
+    const replica = json.members.find((m: { role: string; name: string }) => m.name !== candidate).name
+    const fz = await run(['chaos', 'freeze-member', replica, '--dir', dir, '--json'], work)
+    expect(fz.code, fz.stderr).toBe(0)
+    const frozenPids = JSON.parse(fz.stdout).pids as number[]
+    expect(frozenPids.length).toBeGreaterThanOrEqual(4)
+    const frozenStatus = await run(['status', '--dir', dir], work)
+    expect(frozenStatus.code).toBe(3)
+    expect(frozenStatus.stdout).toMatch(new RegExp(`${replica}\\s+\\S+\\s+frozen`))
+    expect((await run(['chaos', 'thaw-member', replica, '--dir', dir], work)).code).toBe(0)
+    expect(JSON.parse(readFileSync(join(dir, 'lab.json'), 'utf8')).frozen.members).toEqual([])
+    // freeze-dcs / thaw-dcs, recorded in lab.json (another invocation thaws it).
+    expect((await run(['chaos', 'freeze-dcs', '--dir', dir], work)).code).toBe(0)
+    expect(JSON.parse(readFileSync(join(dir, 'lab.json'), 'utf8')).frozen.dcs).toBe(true)
+    expect((await run(['chaos', 'thaw-dcs', '--dir', dir], work)).code).toBe(0)
+    expect(JSON.parse(readFileSync(join(dir, 'lab.json'), 'utf8')).frozen.dcs).toBe(false)
+    // read-only on|off waits until the leader shows it.
+    const ro = await run(['chaos', 'read-only', 'on', '--dir', dir, '--json'], work)
+    expect(ro.code, ro.stderr).toBe(0)
+    expect(JSON.parse(ro.stdout).readOnly).toBe('on')
+    expect((await run(['chaos', 'read-only', 'off', '--dir', dir], work)).code).toBe(0)
+
     const bad = await run(['chaos', 'no-such-verb', '--dir', dir], work)
     expect(bad.code).toBe(1)
     expect(bad.stderr).toContain('unknown chaos verb')
@@ -119,6 +141,43 @@ describe('resilient-lab CLI', () => {
     expect(existsSync(dir)).toBe(false)
     const again = await run(['down', '--dir', dir], work)
     expect(again.code).toBe(0)
+  })
+
+  it('a Redis-only lab: up --redis-replica --redis-cluster, Redis chaos verbs, down', async () => {
+    const rdir = join(work, 'redis-lab')
+    const up = await run(
+      ['up', '--nodes', '0', '--redis-replica', '--redis-cluster', '--dir', rdir, '--json'],
+      work,
+    )
+    expect(up.code, up.stderr).toBe(0)
+    const info = JSON.parse(up.stdout)
+    expect(info.members).toEqual([])
+    expect(info.redisEndpoint.port).toBeGreaterThan(0)
+    expect(info.redisCluster.nodes).toHaveLength(6)
+    try {
+      const st = await run(['status', '--dir', rdir], work)
+      expect(st.code, st.stdout + st.stderr).toBe(0)
+      expect(st.stdout).toMatch(/cluster0\s+master\s+.*cluster_state:ok/)
+      expect(st.stdout).toMatch(/endpoint\s+ok\s+.*-> redis0/)
+      // The endpoint is a process of the lab: it works for a CLI lab, and follows a demotion.
+      const demote = await run(['chaos', 'demote-redis-primary', '--dir', rdir, '--json'], work)
+      expect(demote.code, demote.stderr).toBe(0)
+      expect(JSON.parse(demote.stdout)).toMatchObject({ demoted: 'redis0', promoted: 'redis1' })
+      expect(await redisCommand(info.redisEndpoint.port, ['SET', 'k', 'v'])).toBe('OK')
+      const fo = await run(['chaos', 'failover-redis-cluster', 'some-key', '--dir', rdir, '--json'], work)
+      expect(fo.code, fo.stderr).toBe(0)
+      const moved = JSON.parse(fo.stdout)
+      const after = JSON.parse((await run(['status', '--dir', rdir, '--json'], work)).stdout)
+      const roleOf = (name: string) => after.redisCluster.find((n: { name: string }) => n.name === name).role
+      expect([roleOf(moved.master), roleOf(moved.promoted)]).toEqual(['replica', 'master'])
+      expect(after.healthy).toBe(true)
+    } finally {
+      const pids = (JSON.parse(readFileSync(join(rdir, 'lab.json'), 'utf8')) as LabState).startedPids
+      const down = await run(['down', '--dir', rdir], work)
+      expect(down.code, down.stderr).toBe(0)
+      expect(pids.filter(isProcessAlive)).toEqual([])
+    }
+    expect(existsSync(rdir)).toBe(false)
   })
 
   it('prints usage, and refuses bad options', async () => {
@@ -181,10 +240,15 @@ describe('a lab driven from another process (globalSetup owns it, a worker does 
 })
 
 describe('teardown when the owning process ends without down()', () => {
+  // With a member, it is frozen (SIGSTOP of Patroni, the postmaster and its children) and etcd
+  // too: a stopped postmaster child never notices its postmaster's death, so every PID must be
+  // killed by the hook or the watchdog itself.
   const script = (mode: string, nodes: number) => `
     import { startLab } from ${JSON.stringify(distIndex)}
-    const lab = await startLab({ nodes: ${nodes} })
-    process.stdout.write(JSON.stringify({ baseDir: lab.baseDir, pids: lab.pids(), postmasters: lab.postmasterPids() }) + '\\n')
+    const lab = await startLab({ nodes: ${nodes}, redis: ${nodes === 0} })
+    const frozen = ${nodes} > 0 ? (await lab.freezeMember('pg0')).children : []
+    if (${nodes} > 0) await lab.freezeDcs()
+    process.stdout.write(JSON.stringify({ baseDir: lab.baseDir, pids: [...lab.pids(), ...frozen], postmasters: lab.postmasterPids() }) + '\\n')
     if (${JSON.stringify(mode)} === 'exit') process.exit(0)
     setInterval(() => {}, 1000)
   `
@@ -214,8 +278,9 @@ describe('teardown when the owning process ends without down()', () => {
     return { child, info }
   }
 
-  it('process.exit(): the exit hook kills everything', async () => {
-    const { child, info } = await startOwner('exit', 0)
+  it('process.exit(): the exit hook kills everything, frozen processes too', async () => {
+    const { child, info } = await startOwner('exit', 1)
+    expect(info.pids.length).toBeGreaterThanOrEqual(8)
     await new Promise((r) => child.once('exit', r))
     const all = [...info.pids, ...info.postmasters]
     await until('every lab process to end', () => !all.some(isProcessAlive), 5000)
@@ -231,12 +296,12 @@ describe('teardown when the owning process ends without down()', () => {
     await until('the lab folder to be removed', () => !existsSync(info.baseDir), 5000)
   })
 
-  it('SIGKILL of the owner (a killed test worker): the watchdog kills Patroni, PostgreSQL, etcd, Redis', async () => {
+  it('SIGKILL of the owner (a killed test worker): the watchdog kills Patroni, PostgreSQL, etcd, frozen or not', async () => {
     const t0 = performance.now()
     const { child, info } = await startOwner('wait', 1)
     console.log(`owner with a 1-member lab ready after ${((performance.now() - t0) / 1000).toFixed(2)} s`)
     expect(info.postmasters).toHaveLength(1)
-    expect(info.pids.filter(isProcessAlive).length).toBeGreaterThanOrEqual(4)
+    expect(info.pids.filter(isProcessAlive).length).toBeGreaterThanOrEqual(8)
     const t1 = performance.now()
     child.kill('SIGKILL')
     const all = [...info.pids, ...info.postmasters]

@@ -50,6 +50,8 @@ describe('patroniConfig', () => {
     expect((patroniConfig({ ...input, synchronousMode: true }) as any).bootstrap.dcs.synchronous_mode).toBe(
       true,
     )
+    expect(cfg.bootstrap.dcs.failsafe_mode).toBe(false)
+    expect((patroniConfig({ ...input, failsafeMode: true }) as any).bootstrap.dcs.failsafe_mode).toBe(true)
   })
 
   it('listens and advertises on 127.0.0.1 with its own ports, etcd3 on the lab etcd', () => {

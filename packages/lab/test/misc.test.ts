@@ -117,6 +117,7 @@ describe('CLI parsing and status', () => {
       positionals: ['stop-member', 'pg1'],
       graceful: true,
     })
+    expect(parseCli(['up', '--failsafe'], '/w')).toMatchObject({ failsafe: true, sync: false })
     expect(parseCli([], '/w').command).toBe('help')
     expect(() => parseCli(['up', '--nodes', '-1'], '/w')).toThrow(/--nodes/)
     expect(() => parseCli(['up', '--bogus'], '/w')).toThrow()
@@ -141,6 +142,11 @@ describe('CLI parsing and status', () => {
       false,
     )
     expect(isHealthy({ ...st, members: st.members.slice(1) }, ['pg1', 'pg2'])).toBe(false)
+    const frozen = { ...st, members: st.members.map((m) => (m.name === 'pg2' ? { ...m, frozen: true } : m)) }
+    expect(isHealthy(frozen, ['pg1', 'pg2'])).toBe(false)
+    expect(isHealthy({ ...st, dcsFrozen: true }, ['pg1', 'pg2'])).toBe(false)
+    expect(formatStatus(frozen, ['pg1', 'pg2'])).toMatch(/pg2\s+replica\s+frozen/)
+    expect(formatStatus({ ...st, dcsFrozen: true }, ['pg1', 'pg2'])).toContain('etcd: frozen')
   })
 
   it('prints role, state and lag per member and a summary line', () => {

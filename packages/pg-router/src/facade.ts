@@ -10,6 +10,7 @@ import type {
   QueryResultRow,
   Submittable,
 } from 'pg'
+import pg from 'pg'
 import type { Lease } from './member-pool.js'
 
 export interface FacadeBackend {
@@ -33,7 +34,9 @@ type Callback<T> = (
  * `connect()` hands out a real pg client from the current primary (role-checked) or a
  * replica, with `release()`. `end()` does not close the router (call `db.close()`): several
  * libraries may share one router, and one of them shutting down must not close it for all.
- * Its name contains "Pool" on purpose: Drizzle recognises pools by constructor name.
+ * Its name contains "Pool" on purpose: Drizzle recognises pools by constructor name. And
+ * `db.primary instanceof pg.Pool` is true (see below): Prisma's `@prisma/adapter-pg` takes
+ * anything else for a PoolConfig and opens a pool of its own.
  */
 export class RouterPool extends EventEmitter {
   readonly role: 'primary' | 'replicas'
@@ -142,3 +145,8 @@ export class RouterPool extends EventEmitter {
     return Promise.resolve()
   }
 }
+
+// pg.Pool.prototype goes between RouterPool.prototype and EventEmitter.prototype, so that
+// `instanceof pg.Pool` holds (Prisma's PrismaPg checks it). Every public member of pg.Pool
+// is RouterPool's own; the constructor is still EventEmitter's (no pg.Pool state is built).
+Object.setPrototypeOf(RouterPool.prototype, pg.Pool.prototype)

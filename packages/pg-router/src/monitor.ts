@@ -23,9 +23,20 @@ import {
   viewOf,
 } from './topology.js'
 
+/**
+ * The writer's position: the insert pointer (what a session token holds), its timeline (in the
+ * WAL file's name), and whether it is in recovery (demoted under us).
+ */
+const WRITER_POLL_SQL =
+  'SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_insert_lsn()::text END AS lsn, ' +
+  'CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_insert_lsn()) END AS f, ' +
+  'pg_is_in_recovery() AS r'
+
 /** A replica's replay position, and the timeline its WAL receiver streams (null without pg_read_all_stats). */
 const REPLICA_POLL_SQL =
   'SELECT pg_last_wal_replay_lsn()::text AS lsn, (SELECT received_tli FROM pg_stat_wal_receiver) AS tl'
+
+function noop(): void {}
 
 /** Forget what was measured of `m`'s WAL position (role, timeline or pool generation changed). */
 function resetLsn(m: Member): void {
@@ -63,7 +74,14 @@ export class Monitor {
   #closed = false
   #candidateInRecovery = false
   #lastSignature = ''
-  #lsnFlight = new SingleFlight<'lsn', void>()
+  /** Discovery is not asked again before this performance.now() while no writer is confirmed. */
+  #nextDiscoveryAt = 0
+  // The writer's position and the replicas' are polled in separate flights: session reads
+  // poll the replicas often, and must not keep the writer's position from being refreshed.
+  #writerFlight = new SingleFlight<'writer', void>()
+  #replicaFlight = new SingleFlight<'replicas', void>()
+  /** The confirmed primary's timeline, as last measured (kept while none is confirmed). */
+  #primaryTimeline: number | null = null
   #abort = new AbortController()
 
   constructor(opts: ResolvedOptions, discovery: Discovery) {
@@ -149,12 +167,23 @@ export class Monitor {
       return
     }
     const o = this.#opts.monitor
-    const delay = this.gate.writer
-      ? o.intervalMs * (0.9 + Math.random() * 0.2)
-      : this.#candidateInRecovery
-        ? o.confirmRetryMs
-        : o.fastIntervalMs
-    this.#timer = setTimeout(() => this.nudge(), delay)
+    if (this.gate.writer) {
+      this.#arm(() => this.nudge(), o.intervalMs * (0.9 + Math.random() * 0.2))
+      return
+    }
+    // No writer: discovery every fastIntervalMs. A leader that discovery names but that still
+    // says pg_is_in_recovery() = true is re-checked by SQL alone every confirmRetryMs in
+    // between: a promotion must not multiply the requests sent to Patroni.
+    const untilDiscovery = this.#nextDiscoveryAt - performance.now()
+    if (this.#candidateInRecovery && untilDiscovery > o.confirmRetryMs) {
+      this.#arm(() => this.#recheck(), o.confirmRetryMs)
+    } else {
+      this.#arm(() => this.nudge(), Math.max(0, untilDiscovery))
+    }
+  }
+
+  #arm(fn: () => void, delay: number): void {
+    this.#timer = setTimeout(fn, delay)
     this.#timer.unref()
   }
 
@@ -163,9 +192,29 @@ export class Monitor {
     await this.#discover()
     if (this.#closed) return
     await this.#decideWriter()
+    this.#nextDiscoveryAt = performance.now() + this.#opts.monitor.fastIntervalMs
     if (this.#closed) return
-    if (steady || this.lastDiscoveryAt === null) await this.refreshLsns(true)
+    // Steady: the periodic poll. Just confirmed: learn the new writer's position and timeline now.
+    if (steady || this.gate.writer !== null || this.lastDiscoveryAt === null) await this.refreshLsns(true)
     this.#emitTopologyIfChanged()
+  }
+
+  /** The SQL re-check of a discovered leader still in recovery, without asking discovery again. */
+  #recheck(): void {
+    if (this.#closed || this.#running) return
+    this.#running = this.#decideWriter()
+      .then(async () => {
+        if (this.#closed || this.gate.writer === null) return
+        await this.refreshLsns(true)
+        this.#emitTopologyIfChanged()
+      })
+      .catch((err: unknown) => {
+        publish(channels.discoveryError, { source: 'monitor', error: toError(err) })
+      })
+      .finally(() => {
+        this.#running = null
+        this.#schedule()
+      })
   }
 
   async #discover(): Promise<void> {
@@ -216,6 +265,7 @@ export class Monitor {
       m.timeline = d.timeline
       m.sync = d.sync
       m.reportedLagBytes = d.lagBytes
+      m.noLoadBalance = d.noLoadBalance === true
     }
     for (const [name, m] of this.members) {
       if (seen.has(name)) continue
@@ -225,6 +275,7 @@ export class Monitor {
       void m.pool.close(5_000)
     }
     this.conflict = result.conflict && result.conflict.length > 1 ? [...result.conflict] : null
+    this.#updateTimelines()
   }
 
   #newMember(d: DiscoveredMember): Member {
@@ -259,6 +310,8 @@ export class Monitor {
       lsnEpoch: 0,
       measuredLagBytes: null,
       downUntil: 0,
+      noLoadBalance: d.noLoadBalance === true,
+      offTimeline: false,
       pool,
     }
   }
@@ -315,87 +368,134 @@ export class Monitor {
   }
 
   /**
-   * Polls the primary's current LSN and each replica's replay LSN (one short query each, in
-   * parallel, bounded by probeTimeoutMs). `full` also polls the primary. Concurrent callers share a poll.
+   * Polls each replica's replay position and, with `full`, the primary's current position
+   * (one short query per member, in parallel, bounded by probeTimeoutMs). Concurrent callers
+   * share a poll of the replicas, and (separately) one of the primary.
    */
   refreshLsns(full = false): Promise<void> {
-    return this.#lsnFlight.do('lsn', () => this.#pollLsns(full))
+    const replicas = this.#replicaFlight.do('replicas', this.#pollReplicas)
+    if (!full || this.gate.writer === null) return replicas
+    return Promise.all([replicas, this.refreshWriter()]).then(noop)
   }
 
-  async #pollLsns(full: boolean): Promise<void> {
+  /** Polls the confirmed primary's current WAL position and timeline (concurrent callers share it). */
+  refreshWriter(): Promise<void> {
+    return this.#writerFlight.do('writer', this.#pollWriter)
+  }
+
+  #pollWriter = async (): Promise<void> => {
+    const writer = this.gate.writer
+    if (writer === null) return
+    await this.#probe(writer, WRITER_POLL_SQL, true)
+    this.#afterPoll()
+  }
+
+  #pollReplicas = async (): Promise<void> => {
     const writer = this.gate.writer
     const jobs: Promise<void>[] = []
-    const timeoutMs = this.#opts.monitor.probeTimeoutMs
-    const poll = async (m: Member, sql: string, isWriter: boolean) => {
-      let lease: Awaited<ReturnType<MemberPool['acquire']>> | undefined
-      const epoch = m.lsnEpoch
-      const role = m.role
-      try {
-        lease = await m.pool.acquire('read', this.#abort.signal)
-        const r = await lease.query<{ lsn: string | null; r: boolean; tl: unknown; f: unknown }>(
-          sql,
-          undefined,
-          timeoutMs,
-          this.#abort.signal,
-        )
-        lease.release()
-        const row = r.rows[0]
-        // Stored only if nothing reset the member meanwhile, and from its current pool generation.
-        if (m.lsnEpoch === epoch && m.role === role && lease.generation === m.pool.generation) {
-          m.lsn = parseLsn(row?.lsn)
-          // the writer: its insert timeline; a replica: the timeline its WAL receiver streams
-          // (needs pg_read_all_stats), else the one discovery reports
-          m.lsnTimeline =
-            m.lsn === null
-              ? null
-              : isWriter
-                ? timelineOfWalFile(row?.f)
-                : (parseTimeline(row?.tl) ?? m.timeline)
-        }
-        if (!isWriter && m.downUntil > 0) m.downUntil = 0
-        if (isWriter && r.rows[0]?.r !== false && this.gate.writer === m) {
-          // the writer is in recovery: it was demoted under us
-          publish(channels.roleMismatch, { member: m.name, expected: 'primary' })
-          this.suspect('in-recovery')
-        }
-      } catch (err) {
-        const c = classifyError(err, {
-          phase: lease ? 'query' : 'connect',
-          sent: lease?.sent ?? false,
-          connectionLost: lease?.lost ?? true,
-        })
-        // a probe is tiny: no answer within probeTimeoutMs means the member is sick
-        if (ResilientError.is(err, 'E_TIMEOUT')) c.failoverSignal = true
-        lease?.release(true)
-        if (!this.#closed) this.reportFailure(m, lease?.generation ?? m.pool.generation, c)
-      }
-    }
-    if (full && writer) {
-      const sql =
-        'SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END AS lsn, ' +
-        'CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END AS f, ' +
-        'pg_is_in_recovery() AS r'
-      jobs.push(poll(writer, sql, true))
-    }
     for (const m of this.members.values()) {
       // a replica that discovery says is stopped/starting gets no probe (and no reads)
       if (m.role === 'replica' && m !== writer && (m.state === 'running' || m.state === 'streaming')) {
-        jobs.push(poll(m, REPLICA_POLL_SQL, false))
+        jobs.push(this.#probe(m, REPLICA_POLL_SQL, false))
       }
     }
     await Promise.all(jobs)
+    this.#afterPoll()
+  }
+
+  /** One position query on `m`; never rejects (a failure is reported as the data path would). */
+  async #probe(m: Member, sql: string, isWriter: boolean): Promise<void> {
+    let lease: Awaited<ReturnType<MemberPool['acquire']>> | undefined
+    const epoch = m.lsnEpoch
+    const role = m.role
+    try {
+      lease = await m.pool.acquire('read', this.#abort.signal)
+      const r = await lease.query<{ lsn: string | null; r: boolean; tl: unknown; f: unknown }>(
+        sql,
+        undefined,
+        this.#opts.monitor.probeTimeoutMs,
+        this.#abort.signal,
+      )
+      lease.release()
+      const row = r.rows[0]
+      // Stored only if nothing reset the member meanwhile, and from its current pool generation.
+      if (m.lsnEpoch === epoch && m.role === role && lease.generation === m.pool.generation) {
+        m.lsn = parseLsn(row?.lsn)
+        // the writer: its insert timeline; a replica: the timeline its WAL receiver streams
+        // (needs pg_read_all_stats), else the one discovery reports
+        m.lsnTimeline =
+          m.lsn === null
+            ? null
+            : isWriter
+              ? timelineOfWalFile(row?.f)
+              : (parseTimeline(row?.tl) ?? m.timeline)
+      }
+      if (!isWriter && m.downUntil > 0) m.downUntil = 0
+      if (isWriter && row?.r !== false && this.gate.writer === m) {
+        // the writer is in recovery: it was demoted under us
+        publish(channels.roleMismatch, { member: m.name, expected: 'primary' })
+        this.suspect('in-recovery')
+      }
+    } catch (err) {
+      const c = classifyError(err, {
+        phase: lease ? 'query' : 'connect',
+        sent: lease?.sent ?? false,
+        connectionLost: lease?.lost ?? true,
+      })
+      // a probe is tiny: no answer within probeTimeoutMs means the member is sick
+      if (ResilientError.is(err, 'E_TIMEOUT')) c.failoverSignal = true
+      lease?.release(true)
+      if (!this.#closed) this.reportFailure(m, lease?.generation ?? m.pool.generation, c)
+    }
+  }
+
+  /** Recomputes each replica's lag from the last positions polled, and which replicas are off the primary's timeline. */
+  #afterPoll(): void {
+    const writer = this.gate.writer
     const primaryLsn = writer?.lsn ?? null
-    if (primaryLsn === null) return
+    if (primaryLsn !== null) {
+      for (const m of this.members.values()) {
+        if (m.role !== 'replica' || m.lsn === null) continue
+        // positions on different timelines do not subtract (and such a replica gets no reads)
+        if (m.lsnTimeline !== null && writer?.lsnTimeline != null && m.lsnTimeline !== writer.lsnTimeline) {
+          m.measuredLagBytes = null
+          continue
+        }
+        const lag = primaryLsn - m.lsn
+        m.measuredLagBytes = lag > 0n ? Number(lag) : 0
+      }
+    }
+    this.#updateTimelines()
+  }
+
+  /**
+   * The primary's timeline (measured on the writer, else as discovery reports it; the last one
+   * known while no writer is confirmed), and for each replica whether it is on another one.
+   */
+  #updateTimelines(): void {
+    const writer = this.gate.writer
+    if (writer !== null) {
+      const tl = writer.lsnTimeline ?? writer.timeline
+      if (tl !== null) this.#primaryTimeline = tl
+    }
+    const ptl = this.#primaryTimeline
     for (const m of this.members.values()) {
-      if (m.role !== 'replica' || m.lsn === null) continue
-      // positions on different timelines do not subtract: leave it to the reported lag
-      if (m.lsnTimeline !== null && writer?.lsnTimeline != null && m.lsnTimeline !== writer.lsnTimeline) {
-        m.measuredLagBytes = null
+      if (m === writer || m.role !== 'replica') {
+        m.offTimeline = false
         continue
       }
-      const lag = primaryLsn - m.lsn
-      m.measuredLagBytes = lag > 0n ? Number(lag) : 0
+      const tl = m.lsnTimeline ?? m.timeline
+      const off = ptl !== null && tl !== null && tl !== ptl
+      if (off && !m.offTimeline) {
+        publish(channels.replicaExcluded, { member: m.name, reason: 'timeline' })
+      }
+      m.offTimeline = off
     }
+  }
+
+  /** The confirmed primary's timeline as last measured; null before one is known. */
+  get primaryTimeline(): number | null {
+    return this.#primaryTimeline
   }
 
   topology(): Topology {

@@ -61,7 +61,7 @@ export interface MonitorOptions {
   intervalMs?: number
   /** Polling period while a failover is suspected, in ms. @default 100 */
   fastIntervalMs?: number
-  /** Period of re-checking a discovered leader that still reports `pg_is_in_recovery() = true`, in ms. @default 20 */
+  /** SQL re-check period of a discovered leader that still reports `pg_is_in_recovery() = true`, in ms; discovery itself stays at `fastIntervalMs`. @default 20 */
   confirmRetryMs?: number
   /** Bound on one probe query (role check, replay position), in ms. @default 1_000 */
   probeTimeoutMs?: number

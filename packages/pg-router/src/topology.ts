@@ -13,7 +13,7 @@ export interface Member {
   /** Lag as discovery reported it (Patroni refreshes it once per HA loop). */
   reportedLagBytes: number | null
   /**
-   * `pg_last_wal_replay_lsn()` (replicas) or `pg_current_wal_lsn()` (primary) at the last
+   * `pg_last_wal_replay_lsn()` (replicas) or `pg_current_wal_insert_lsn()` (primary) at the last
    * poll. Reset to null when the member's role, timeline or pool generation changes.
    */
   lsn: bigint | null
@@ -25,6 +25,15 @@ export interface Member {
   measuredLagBytes: number | null
   /** No reads until this performance.now() (a connection to it just failed). */
   downUntil: number
+  /** Patroni tag `noloadbalance`: never gets reads. */
+  noLoadBalance: boolean
+  /**
+   * A replica whose timeline is not the confirmed primary's (set by the monitor): no reads
+   * until it follows the primary's timeline. Patroni reports such a replica's lag as 0 when
+   * its position is "ahead" (an old primary back as a replica), and its data is not the
+   * primary's.
+   */
+  offTimeline: boolean
   pool: MemberPool
   /** Stops reporting this member's pool to metrics. */
   unobserve: () => void
@@ -77,7 +86,7 @@ export interface EligibilityRules {
 /** Whether replica `m` may take a read now under `rules`. */
 export function isEligible(m: Member, rules: EligibilityRules): boolean {
   if (m.role !== 'replica' || !SERVING_STATES.has(m.state)) return false
-  if (m.downUntil > rules.now) return false
+  if (m.downUntil > rules.now || m.offTimeline || m.noLoadBalance) return false
   if (rules.exclude?.has(m.name)) return false
   const lag = effectiveLag(m)
   if (lag === null || lag > rules.maxLagBytes) return false

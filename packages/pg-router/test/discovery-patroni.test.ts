@@ -191,6 +191,39 @@ describe('valid answers', () => {
     ])
   })
 
+  it('a member tagged noloadbalance (any value Patroni takes as true) is marked noLoadBalance', async () => {
+    const tagged = (name: string, tags: unknown) => ({
+      name,
+      role: 'replica',
+      state: 'running',
+      host: 'h',
+      port: 1,
+      tags,
+    })
+    const f = await fake(
+      json({
+        members: [
+          tagged('t1', { noloadbalance: true }),
+          tagged('t2', { noloadbalance: 'yes' }),
+          tagged('f1', { noloadbalance: false }),
+          tagged('f2', { noloadbalance: 0, nofailover: true }),
+          tagged('f3', 'not an object'),
+          { name: 'f4', role: 'replica', state: 'running', host: 'h', port: 1 },
+        ],
+      }),
+    )
+    const { d } = track(createPatroniDiscovery({ endpoints: [f.url] }))
+    const r = await d.discover()
+    expect(r.members.map((m) => [m.name, m.noLoadBalance === true])).toEqual([
+      ['t1', true],
+      ['t2', true],
+      ['f1', false],
+      ['f2', false],
+      ['f3', false],
+      ['f4', false],
+    ])
+  })
+
   it.each(['master', 'primary', 'leader'])('treats role %s as primary', async (role) => {
     const f = await fake(json({ members: [{ name: 'x', role, state: 'running', host: 'h', port: 1 }] }))
     const { d } = track(createPatroniDiscovery({ endpoints: [f.url] }))

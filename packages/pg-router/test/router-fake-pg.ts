@@ -8,16 +8,25 @@ import * as net from 'node:net'
  */
 export type FakeAnswer =
   | { rows: Array<string | null>; type?: 'bool' | 'text' }
-  /** One row of text columns, named. */
-  | { row: Record<string, string | null> }
+  /** One row of named columns: text, or bool for a boolean. */
+  | { row: Record<string, string | boolean | null> }
   | { hang: true }
   /** Closes the socket at once, with no message (a killed server). */
   | { drop: true }
   | { fatal: string }
   | { error: string }
 
+export interface FakeCancel {
+  pid: number
+  key: number
+  /** Whether the connection of that backend was still open when the CancelRequest arrived. */
+  connectionOpen: boolean
+}
+
 export interface FakePg {
   port: number
+  /** CancelRequests received (the fake never answers them, as a frozen server would not). */
+  cancels: () => FakeCancel[]
   /** Connections accepted so far / closed so far. */
   accepted: () => number
   closed: () => number
@@ -54,13 +63,13 @@ function errorResponse(severity: string, code: string): Buffer {
 
 const ready = () => msg('Z', Buffer.from('I'))
 
-function rowResponse(row: Record<string, string | null>): Buffer {
+function rowResponse(row: Record<string, string | boolean | null>): Buffer {
   const names = Object.keys(row)
   const nfields = Buffer.alloc(2)
   nfields.writeInt16BE(names.length)
   const fields = names.map((n) => {
     const meta = Buffer.alloc(18)
-    meta.writeInt32BE(25, 6) // text
+    meta.writeInt32BE(typeof row[n] === 'boolean' ? 16 : 25, 6) // bool or text
     meta.writeInt16BE(-1, 10)
     meta.writeInt32BE(-1, 12)
     return Buffer.concat([cstr(n), meta])
@@ -72,7 +81,7 @@ function rowResponse(row: Record<string, string | null>): Buffer {
       len.writeInt32BE(-1)
       return len
     }
-    const data = Buffer.from(v, 'utf8')
+    const data = Buffer.from(typeof v === 'boolean' ? (v ? 't' : 'f') : v, 'utf8')
     len.writeInt32BE(data.length)
     return Buffer.concat([len, data])
   })
@@ -113,15 +122,21 @@ function rowsResponse(values: Array<string | null>, type: 'bool' | 'text'): Buff
 
 export async function startFakePg(answer: (sql: string) => FakeAnswer): Promise<FakePg> {
   const sockets = new Set<net.Socket>()
+  const cancels: FakeCancel[] = []
+  /** Open connections by backend pid, with their secret key. */
+  const backends = new Map<number, { key: number; sock: net.Socket }>()
   let accepted = 0
   let closed = 0
   const server = net.createServer((sock) => {
     accepted++
+    const pid = 1000 + accepted
+    const key = (Math.random() * 0x7fffffff) | 0
     sockets.add(sock)
     sock.on('error', () => {})
     sock.on('close', () => {
       closed++
       sockets.delete(sock)
+      backends.delete(pid)
     })
     let buf = Buffer.alloc(0)
     let started = false
@@ -133,6 +148,16 @@ export async function startFakePg(answer: (sql: string) => FakeAnswer): Promise<
           const len = buf.readInt32BE(0)
           if (buf.length < len) return
           const code = buf.readInt32BE(4)
+          if (code === 80877102 && len === 16) {
+            const target = buf.readInt32BE(8)
+            const b = backends.get(target)
+            cancels.push({
+              pid: target,
+              key: buf.readInt32BE(12),
+              connectionOpen: b !== undefined && !b.sock.destroyed && b.key === buf.readInt32BE(12),
+            })
+            return // never answered, never closed by us
+          }
           buf = buf.subarray(len)
           if (code === 80877103) {
             sock.write('N') // no SSL
@@ -140,7 +165,11 @@ export async function startFakePg(answer: (sql: string) => FakeAnswer): Promise<
           }
           started = true
           const auth = Buffer.alloc(4)
-          sock.write(Buffer.concat([msg('R', auth), ready()]))
+          const keyData = Buffer.alloc(8)
+          keyData.writeInt32BE(pid, 0)
+          keyData.writeInt32BE(key, 4)
+          backends.set(pid, { key, sock })
+          sock.write(Buffer.concat([msg('R', auth), msg('K', keyData), ready()]))
           continue
         }
         if (buf.length < 5) return
@@ -173,6 +202,7 @@ export async function startFakePg(answer: (sql: string) => FakeAnswer): Promise<
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
   return {
     port: (server.address() as AddressInfo).port,
+    cancels: () => [...cancels],
     accepted: () => accepted,
     closed: () => closed,
     terminateAll(code) {

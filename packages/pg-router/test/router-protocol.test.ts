@@ -3,7 +3,7 @@ import { Emitter, ResilientError } from '@resilient/core'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { channelNames } from '../src/channels.js'
 import type { DiscoveredMember, Discovery } from '../src/discovery/types.js'
-import { deadlineTickMs } from '../src/member-pool.js'
+import { deadlineTickMs, sendCancel } from '../src/member-pool.js'
 import { createPgRouter, type PgRouter } from '../src/router.js'
 import { type FakeAnswer, type FakePg, startFakePg } from './router-fake-pg.js'
 
@@ -50,12 +50,21 @@ function primary(extra: (sql: string) => FakeAnswer | undefined = () => undefine
     if (e) return e
     if (sql.includes('pg_is_in_recovery() AS r') && !sql.includes('CASE'))
       return { rows: ['f'], type: 'bool' }
-    if (sql.includes('CASE WHEN')) return { rows: ['0/3000060'] }
+    if (sql.includes('CASE WHEN'))
+      return { row: { lsn: '0/3000060', f: '000000010000000000000003', r: false } }
     return { rows: ['1'] }
   }
 }
 
 const connection = { user: 'u', password: 'p', database: 'd' }
+
+async function until(cond: () => boolean, timeoutMs = 2_000): Promise<void> {
+  const end = performance.now() + timeoutMs
+  while (!cond()) {
+    if (performance.now() > end) throw new Error('condition not met in time')
+    await new Promise((r) => setTimeout(r, 10))
+  }
+}
 
 describe('a statement that never gets an answer', () => {
   it('is bounded by pool.queryTimeoutMs; its connection is destroyed; a write reports E_COMMIT_UNKNOWN', async () => {
@@ -136,6 +145,53 @@ describe('a statement that never gets an answer', () => {
     expect(deadlineTickMs(1)).toBe(5)
   })
 
+  it('a statement cut at its deadline is cancelled on the server (its pid and key) while its connection is open', async () => {
+    fake = await startFakePg(primary((sql) => (sql.startsWith('SELECT hang') ? { hang: true } : undefined)))
+    db = createPgRouter({
+      discovery: discoveryOf(fake.port),
+      connection,
+      pool: { queryTimeoutMs: 100 },
+      failover: { timeoutMs: 2_000 },
+    })
+    await db.ready({ timeoutMs: 2_000 })
+    await expect(db.read('SELECT hang')).rejects.toMatchObject({ code: 'E_TIMEOUT' })
+    await until(() => fake!.cancels().length === 2) // the read was retried once: two statements cut
+    for (const c of fake.cancels()) expect(c.connectionOpen).toBe(true)
+    expect(new Set(fake.cancels().map((c) => c.pid)).size).toBe(2)
+  })
+
+  it('an aborted write is cancelled on the server too, and the caller hears E_COMMIT_UNKNOWN (it was sent)', async () => {
+    fake = await startFakePg(primary((sql) => (sql.startsWith('SELECT hang') ? { hang: true } : undefined)))
+    db = createPgRouter({ discovery: discoveryOf(fake.port), connection })
+    await db.ready({ timeoutMs: 2_000 })
+    const err = await db
+      .write('SELECT hang', undefined, { signal: AbortSignal.timeout(50) })
+      .catch((e: unknown) => e)
+    expect(err).toMatchObject({ code: 'E_COMMIT_UNKNOWN', details: { txid: null } })
+    expect((err as Error).cause).toMatchObject({ code: 'E_ABORTED' })
+    await until(() => fake!.cancels().length === 1)
+    expect(fake.cancels()[0]!.connectionOpen).toBe(true)
+    // aborted before anything was sent: E_ABORTED, nothing to cancel
+    const ac = new AbortController()
+    ac.abort()
+    await expect(db.write('SELECT 1', undefined, { signal: ac.signal })).rejects.toMatchObject({
+      code: 'E_ABORTED',
+    })
+  })
+
+  it('a CancelRequest never waits for an answer, and is bounded when the server cannot be reached', async () => {
+    fake = await startFakePg(primary()) // takes the request, never answers or closes
+    let t0 = performance.now()
+    await sendCancel('127.0.0.1', fake.port, 1, 2, 5_000)
+    expect(performance.now() - t0).toBeLessThan(1_000)
+    await until(() => fake!.cancels().length === 1)
+    expect(fake.cancels()[0]).toMatchObject({ pid: 1, key: 2 })
+    // TEST-NET-1: no route, or a connect that never completes: either way done by the bound
+    t0 = performance.now()
+    await sendCancel('192.0.2.1', 5432, 1, 2, 300)
+    expect(performance.now() - t0).toBeLessThan(1_300)
+  })
+
   it('an AbortSignal ends it with E_ABORTED', async () => {
     fake = await startFakePg(primary((sql) => (sql.startsWith('SELECT hang') ? { hang: true } : undefined)))
     db = createPgRouter({ discovery: discoveryOf(fake.port), connection })
@@ -198,16 +254,49 @@ describe('the server terminates connections', () => {
     expect(db.stats().retries.write).toBe(before + 1)
   })
 
-  it('25006 on a write: rerouted (retried) instead of failing', async () => {
+  it('25006 on a write from a connection that is now in recovery: a demotion, rerouted (retried) on the primary', async () => {
     let refusals = 0
+    let inRecovery = false
     fake = await startFakePg(
-      primary((sql) => (sql.startsWith('INSERT') && refusals++ === 0 ? { error: '25006' } : undefined)),
+      primary((sql) => {
+        if (sql.startsWith('INSERT') && refusals++ === 0) {
+          inRecovery = true // demoted under the write...
+          setTimeout(() => (inRecovery = false), 100) // ...and promoted again: the "new primary"
+          return { error: '25006' }
+        }
+        if (sql.includes('pg_is_in_recovery() AS r') && !sql.includes('CASE'))
+          return { rows: [inRecovery ? 't' : 'f'], type: 'bool' }
+        return undefined
+      }),
     )
     db = createPgRouter({ discovery: discoveryOf(fake.port), connection })
     await db.ready({ timeoutMs: 2_000 })
     await expect(db.write('INSERT INTO t VALUES (1)')).resolves.toBeDefined()
     expect(refusals).toBe(2) // refused once, then executed
     expect(db.stats().retries.write).toBe(1)
+  })
+
+  it("25006 on a connection that still says pg_is_in_recovery() = false: the database's answer, at once; no suspicion", async () => {
+    const suspects: unknown[] = []
+    const s = (m: unknown) => suspects.push(m)
+    dc.subscribe(channelNames.suspect, s)
+    try {
+      fake = await startFakePg(primary((sql) => (sql.startsWith('INSERT') ? { error: '25006' } : undefined)))
+      db = createPgRouter({ discovery: discoveryOf(fake.port), connection, failover: { timeoutMs: 5_000 } })
+      await db.ready({ timeoutMs: 2_000 })
+      const generation = db.stats().members[0]!.generation
+      const t0 = performance.now()
+      const err = await db.write('INSERT INTO t VALUES (1)').catch((e: unknown) => e)
+      expect(performance.now() - t0).toBeLessThan(1_000)
+      expect(err).toMatchObject({ code: '25006' })
+      expect(suspects).toEqual([])
+      expect(db.stats().retries.write).toBe(0)
+      expect(db.stats().members[0]!.generation).toBe(generation) // not drained
+      expect(db.topology().primary?.name).toBe('fake')
+      expect(await db.check()).toMatchObject({ status: 'pass' })
+    } finally {
+      dc.unsubscribe(channelNames.suspect, s)
+    }
   })
 })
 
@@ -307,7 +396,7 @@ function memberOf(name: string, port: number, role: 'primary' | 'replica'): Disc
 }
 
 describe('read-your-writes across a failover (fake members)', () => {
-  it('a replica on an older timeline, "ahead" by LSN, never serves a session read of a new-timeline write', async () => {
+  it('a replica on an older timeline, "ahead" by LSN, serves no read (plain or session) until it follows the new timeline', async () => {
     // A was the primary (timeline 1, LSN 0/9000000); B is promoted on timeline 2 at a lower
     // LSN; A comes back as a replica that replayed 0/9000000 of timeline 1: it lacks B's writes.
     const state = { aPrimary: true, aTimeline: 1, aReplay: '0/9000000' }
@@ -317,10 +406,10 @@ describe('read-your-writes across a failover (fake members)', () => {
         return { rows: [state.aPrimary ? 'f' : 't'], type: 'bool' }
       if (sql.includes('CASE WHEN'))
         return state.aPrimary
-          ? { row: { lsn: '0/9000000', f: '000000010000000000000009', r: 'f' } }
-          : { row: { lsn: null, f: null, r: 't' } }
+          ? { row: { lsn: '0/9000000', f: '000000010000000000000009', r: false } }
+          : { row: { lsn: null, f: null, r: true } }
       if (sql.includes('pg_last_wal_replay_lsn')) return { row: { lsn: state.aReplay, tl: null } }
-      if (sql.includes('pg_current_wal_lsn()::text AS lsn'))
+      if (sql.includes('pg_current_wal_insert_lsn() AS l'))
         return { row: { lsn: '0/9000000', f: '000000010000000000000009' } }
       if (sql.startsWith('SELECT v')) {
         served.push('a')
@@ -333,9 +422,9 @@ describe('read-your-writes across a failover (fake members)', () => {
       if (sql === 'SELECT pg_is_in_recovery() AS r')
         return { rows: [bState.primary ? 'f' : 't'], type: 'bool' }
       if (sql.includes('CASE WHEN'))
-        return { row: { lsn: '0/5000000', f: '000000020000000000000005', r: bState.primary ? 'f' : 't' } }
+        return { row: { lsn: '0/5000000', f: '000000020000000000000005', r: !bState.primary } }
       if (sql.includes('pg_last_wal_replay_lsn')) return { row: { lsn: '0/9000000', tl: '1' } }
-      if (sql.includes('pg_current_wal_lsn()::text AS lsn'))
+      if (sql.includes('pg_current_wal_insert_lsn() AS l'))
         return { row: { lsn: '0/5000000', f: '000000020000000000000005' } }
       if (sql.startsWith('SELECT v')) {
         served.push('b')
@@ -374,9 +463,9 @@ describe('read-your-writes across a failover (fake members)', () => {
       members[1] = { ...memberOf('b', b.port, 'primary'), timeline: 2 }
       for (let i = 0; i < 200 && db.topology().primary?.name !== 'b'; i++) await sleep(10)
       expect(db.topology().primary?.name).toBe('b')
-      for (let i = 0; i < 200 && !db.topology().replicas.some((r) => r.name === 'a' && r.healthy); i++)
-        await sleep(10)
-      expect(db.topology().replicas).toMatchObject([{ name: 'a', healthy: true }])
+      // A is on timeline 1, the primary on 2: no reads at all for A until it follows
+      await sleep(100)
+      expect(db.topology().replicas).toMatchObject([{ name: 'a', healthy: false }])
 
       const s = db.session()
       await s.write('INSERT 2')

@@ -19,6 +19,8 @@ function member(name: string, over: Partial<Member> = {}, load = 0): Member {
     lsnEpoch: 0,
     measuredLagBytes: null,
     downUntil: 0,
+    noLoadBalance: false,
+    offTimeline: false,
     pool: { load } as unknown as MemberPool,
     unobserve: () => {},
     ...over,
@@ -53,6 +55,11 @@ describe('replica choice', () => {
       'measured-ok',
       'was-down',
     ])
+  })
+
+  it('no reads for a replica off the primary timeline or tagged noloadbalance', () => {
+    const ms = [member('ok'), member('off', { offTimeline: true }), member('nolb', { noLoadBalance: true })]
+    expect(eligibleReplicas(ms, rules).map((m) => m.name)).toEqual(['ok'])
   })
 
   it('read-your-writes: only replicas that replayed the session position', () => {
@@ -104,15 +111,20 @@ describe('WriterGate', () => {
     await expect(gate.wait(undefined, performance.now())).resolves.toBe(a)
   })
 
-  it('fails held writes with E_FAILOVER_TIMEOUT at their deadline, and at once when the queue is full', async () => {
+  it('fails held writes with E_FAILOVER_TIMEOUT at their deadline, and with E_LIMIT at once when the queue is full', async () => {
     const gate = new WriterGate(2, () => {})
+    const r1 = gate.wait(undefined, performance.now() + 500, 'read') // reads take no place
     const w1 = gate.wait(undefined, performance.now() + 500)
     const w2 = gate.wait(undefined, performance.now() + 500)
     const w3 = gate.wait(undefined, performance.now() + 500)
-    await expect(w3).rejects.toMatchObject({ code: 'E_FAILOVER_TIMEOUT', details: { reason: 'queue-full' } })
-    const both = Promise.allSettled([w1, w2])
+    await expect(w3).rejects.toMatchObject({
+      code: 'E_LIMIT',
+      details: { reason: 'queue-full', maxQueue: 2 },
+    })
+    expect(gate.queueLength).toBe(2)
+    const all = Promise.allSettled([r1, w1, w2])
     await vi.advanceTimersByTimeAsync(500)
-    const results = await both
+    const results = await all
     for (const r of results) {
       expect(r.status).toBe('rejected')
       expect((r as PromiseRejectedResult).reason).toMatchObject({

@@ -245,6 +245,13 @@ function describeError(err: unknown): string {
   return typeof code === 'string' && !e.message.includes(code) ? `${e.message} (${code})` : e.message
 }
 
+/** Truthiness as Patroni (Python) judges a tag: `bool(tags.get('noloadbalance'))`. */
+function truthy(v: unknown): boolean {
+  if (Array.isArray(v)) return v.length > 0
+  if (isObject(v)) return Object.keys(v).length > 0
+  return v !== false && v !== null && v !== undefined && v !== 0 && v !== ''
+}
+
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v)
 }
@@ -286,7 +293,7 @@ export function parseCluster(json: unknown, endpoint: { source: string }): Disco
     }
     const timeline =
       typeof m.timeline === 'number' && Number.isInteger(m.timeline) && m.timeline > 0 ? m.timeline : null
-    out.push({
+    const member: DiscoveredMember = {
       name: m.name,
       host: m.host,
       port,
@@ -295,7 +302,9 @@ export function parseCluster(json: unknown, endpoint: { source: string }): Disco
       lagBytes,
       timeline,
       sync: m.role === 'sync_standby' || m.role === 'quorum_standby',
-    })
+    }
+    if (isObject(m.tags) && truthy(m.tags.noloadbalance)) member.noLoadBalance = true
+    out.push(member)
   }
   return out
 }

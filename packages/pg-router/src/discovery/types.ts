@@ -21,6 +21,8 @@ export interface DiscoveredMember {
   timeline: number | null
   /** Patroni: the member is a synchronous standby. */
   sync: boolean
+  /** Patroni tag `noloadbalance`: the member must get no reads. Absent: false. */
+  noLoadBalance?: boolean
 }
 
 export interface DiscoveryResult {
