@@ -1,4 +1,4 @@
-import { createSubscriber, dropConnection, type RedisClient, reconnectDelay } from './client.js'
+import { dropConnection, type RedisClient, reconnectDelay, subscriberSource } from './client.js'
 import { type RedisConnection, replyCode } from './connection.js'
 import { bounded } from './deadline.js'
 import type { Telemetry } from './telemetry.js'
@@ -66,7 +66,8 @@ export type BusState = 'connecting' | 'subscribing' | 'subscribed' | 'down' | 'c
  * that does not answer (half-open, hung) is dropped and made again.
  */
 export class InvalidationBus {
-  readonly sub: RedisClient
+  sub: RedisClient
+  readonly #source: () => RedisClient
   readonly #target: BusTarget
   readonly #t: Telemetry
   readonly #redis: RedisConnection
@@ -82,14 +83,34 @@ export class InvalidationBus {
     this.#t = t
     this.#redis = redis
     this.#timeoutMs = redis.timeoutMs
-    this.sub = createSubscriber(redis.client)
-    redis.listenErrors(this.sub, 'subscriber')
-    const sub = this.sub
-    sub.on('ready', this.#onReady)
-    sub.on('close', this.#onClose)
-    sub.on('message', this.#onMessage)
+    this.#source = subscriberSource(redis.client)
+    this.sub = this.#attach(this.#source())
     this.#heartbeat = setInterval(this.#ping, heartbeatMs)
     this.#heartbeat.unref()
+  }
+
+  #attach(sub: RedisClient): RedisClient {
+    this.#redis.listenErrors(sub, 'subscriber')
+    sub.on('ready', () => {
+      if (sub === this.sub) this.#onReady()
+    })
+    sub.on('close', () => {
+      if (sub === this.sub) this.#onClose()
+    })
+    sub.on('end', () => {
+      // It gave up (a Cluster node that stays down): the next one, elsewhere.
+      if (sub !== this.sub || this.#state === 'closed') return
+      this.#state = 'down'
+      this.#retry = setTimeout(
+        () => {
+          if (this.#state !== 'closed') this.sub = this.#attach(this.#source())
+        },
+        reconnectDelay(++this.#attempt),
+      )
+      this.#retry.unref()
+    })
+    sub.on('message', this.#onMessage)
+    return sub
   }
 
   get state(): BusState {

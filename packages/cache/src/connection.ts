@@ -1,5 +1,5 @@
 import { type Breaker, ResilientError } from '@resilient/core'
-import { Command } from 'ioredis'
+import { type Cluster, Command, type Redis } from 'ioredis'
 import {
   checkCallerClient,
   createOwnedClient,
@@ -9,9 +9,9 @@ import {
   mgetCommand,
   type RedisClient,
 } from './client.js'
-import { bounded, DeadlineGuard } from './deadline.js'
+import { bounded, DeadlineGuard, isNotSent } from './deadline.js'
 import type { ResolvedOptions } from './options.js'
-import { isNoScript, type ScriptName, scriptCommand } from './scripts.js'
+import { isNoScript, SCRIPTS, type ScriptName, scriptCommand } from './scripts.js'
 import type { Telemetry } from './telemetry.js'
 
 export type OpResult<T> = { ok: true; value: T } | { ok: false; error: unknown }
@@ -39,17 +39,23 @@ export function isNodeFailure(err: unknown): boolean {
   return code === undefined || !REQUEST_ERRORS.has(code)
 }
 
-/** ioredis refused to write the command (the connection was closing): it never reached Redis. */
-function isNotSent(err: unknown): boolean {
-  return (
-    err instanceof Error && err.message === "Stream isn't writeable and enableOfflineQueue options is false"
-  )
+/** An operation that never reached Redis: the breaker refused it, or the client did (deadline.ts marks those). */
+const NOT_SENT = Symbol('not sent')
+
+function identity<T>(v: T): T {
+  return v
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms))
 }
 
 /** The client is making a connection (not given up, not a lazy client never started). */
 function isConnecting(client: RedisClient): boolean {
   const s = client.status
-  return s === 'connecting' || s === 'connect' || s === 'reconnecting' || s === 'close'
+  return (
+    s === 'connecting' || s === 'connect' || s === 'reconnecting' || s === 'close' || s === 'disconnecting'
+  )
 }
 
 function isTimeout(err: unknown): boolean {
@@ -83,6 +89,8 @@ export class RedisConnection {
   readonly #t: Telemetry
   readonly #cleanup: (() => void)[] = []
   readonly #reconnectAfter: number
+  /** How long an invalidation waits for a connection being made: the connect timeout. */
+  readonly connectWaitMs: number
   /** Timeouts in a row on this connection; any answer resets it. */
   timeoutStreak = 0
   #lastReconnect = Number.NEGATIVE_INFINITY
@@ -97,6 +105,7 @@ export class RedisConnection {
     this.timeoutMs = o.redisTimeoutMs
     this.breaker = breaker
     this.#reconnectAfter = o.reconnectAfterTimeouts
+    this.connectWaitMs = Math.max(1000, o.redisTimeoutMs * 10)
     this.#deadlines = new DeadlineGuard(o.redisTimeoutMs)
     if (isRedisClient(redis)) {
       checkCallerClient(redis, o.redisTimeoutMs)
@@ -107,6 +116,30 @@ export class RedisConnection {
       this.owned = true
     }
     this.listenErrors(this.client, 'client')
+    if (!this.client.isCluster) {
+      const load = () => loadScripts(this.client as Redis)
+      this.client.on('ready', load)
+      this.#cleanup.push(() => this.client.off('ready', load))
+    } else {
+      // A Cluster connects to a node on its first command, and meanwhile queues commands for it
+      // (ioredis forces an offline queue on Cluster nodes): one could run after the cache gave
+      // up on it. So every node is connected as soon as it is known; until it is ready, the
+      // Cluster refuses commands for it instead of queueing them.
+      const cluster = this.client as Cluster
+      const connect = (node: Redis) => {
+        node.once('ready', () => loadScripts(node))
+        if (node.status === 'wait') node.connect().catch(noop)
+      }
+      const onReady = () => {
+        for (const node of cluster.nodes('all')) connect(node)
+      }
+      cluster.on('+node', connect)
+      cluster.on('ready', onReady)
+      this.#cleanup.push(() => {
+        cluster.off('+node', connect)
+        cluster.off('ready', onReady)
+      })
+    }
   }
 
   /** 'ready', 'connecting', 'reconnecting', 'end'... */
@@ -143,38 +176,65 @@ export class RedisConnection {
     return this.#run(operation, always, () => this.#sendScript(operation, name, keys, args))
   }
 
-  #run<T>(operation: string, always: boolean, fn: () => Promise<T>, waited = false): Promise<OpResult<T>> {
-    if (!isReady(this.client)) {
-      // An invalidation waits for a connection being made (after a blip, a reconnect), within
-      // one redisTimeoutMs; anything else skips Redis at once.
-      if (always && !waited && isConnecting(this.client)) {
-        return this.#whenReady().then((ok) => (ok ? this.#run(operation, always, fn, true) : this.#skip()))
-      }
-      return Promise.resolve(this.#skip())
+  #run<T>(operation: string, always: boolean, fn: () => Promise<T>): Promise<OpResult<T>> {
+    if (always) return this.#runAlways(operation, fn)
+    const p = this.#attempt(operation, false, fn)
+    return p === NOT_SENT ? Promise.resolve(this.#skip()) : p.then(this.#skipIfNotSent, this.#onRejected)
+  }
+
+  /**
+   * An invalidation: whatever the breaker says; while a connection is being made (a reconnect
+   * after a blip, a Cluster node coming back), it waits for it, up to `connectWaitMs`, and
+   * tries again whatever never reached Redis (refused before it was written). Then one bounded
+   * round trip. Nothing that may have reached Redis is sent twice.
+   */
+  async #runAlways<T>(operation: string, fn: () => Promise<T>): Promise<OpResult<T>> {
+    const until = performance.now() + this.connectWaitMs
+    for (;;) {
+      if (isReady(this.client)) {
+        const p = this.#attempt(operation, true, fn)
+        if (p !== NOT_SENT) {
+          const r = await p.then(identity, this.#onRejected)
+          if (r !== NOT_SENT) return r
+        }
+      } else if (!isConnecting(this.client)) return this.#skip()
+      const left = until - performance.now()
+      if (left <= 0) return this.#skip()
+      if (isReady(this.client)) await sleep(Math.min(10, left))
+      else await this.#whenReady(left)
     }
+  }
+
+  /** Sends through the breaker (or, for an invalidation while it is not closed, around it). */
+  #attempt<T>(
+    operation: string,
+    always: boolean,
+    fn: () => Promise<T>,
+  ): Promise<OpResult<T> | typeof NOT_SENT> | typeof NOT_SENT {
     const state = this.breaker.state
     let p: Promise<T>
     if (state === 'closed') p = this.breaker.execute(fn)
     else if (always) p = fn()
-    else if (state === 'open') return Promise.resolve(this.#skip())
+    else if (state === 'open') return NOT_SENT
     else p = this.breaker.execute(fn) // half-open: the one trial, or E_CIRCUIT_OPEN
     return p.then(
       (value): OpResult<T> => {
         this.timeoutStreak = 0
         return { ok: true, value }
       },
-      (err: unknown): OpResult<T> | Promise<OpResult<T>> => {
-        if (ResilientError.is(err, 'E_CIRCUIT_OPEN')) return this.#skip()
-        if (isNotSent(err)) {
-          // The connection was going away as it was written: nothing reached Redis. An
-          // invalidation waits for the next connection (bounded), then tries once more.
-          if (!always || waited) return this.#skip()
-          return this.#whenReady().then((ok) => (ok ? this.#run(operation, always, fn, true) : this.#skip()))
-        }
+      (err: unknown): OpResult<T> | typeof NOT_SENT => {
+        if (ResilientError.is(err, 'E_CIRCUIT_OPEN') || isNotSent(err)) return NOT_SENT
         this.failed(operation, err)
         return { ok: false, error: err }
       },
     )
+  }
+
+  #skipIfNotSent = <T>(r: OpResult<T> | typeof NOT_SENT): OpResult<T> => (r === NOT_SENT ? this.#skip() : r)
+
+  #onRejected = (err: unknown): OpResult<never> => {
+    this.failed('redis', err)
+    return { ok: false, error: err }
   }
 
   #skip(): OpResult<never> {
@@ -182,8 +242,8 @@ export class RedisConnection {
     return SKIPPED
   }
 
-  /** Resolves true when the client becomes ready (a 'ready' event), false after redisTimeoutMs or if it ends. */
-  #whenReady(): Promise<boolean> {
+  /** Resolves true when the client becomes ready (a 'ready' event), false after `ms` or if it ends. */
+  #whenReady(ms: number): Promise<boolean> {
     const client = this.client
     return new Promise((resolve) => {
       const done = (ok: boolean) => {
@@ -194,7 +254,7 @@ export class RedisConnection {
       }
       const onReady = () => done(true)
       const onEnd = () => done(false)
-      const timer = setTimeout(() => done(false), this.timeoutMs)
+      const timer = setTimeout(() => done(false), ms)
       client.on('ready', onReady)
       client.on('end', onEnd)
     })
@@ -343,3 +403,8 @@ export class RedisConnection {
 }
 
 function noop(): void {}
+
+/** SCRIPT LOAD of every script when a connection is made: the first EVALSHA then finds it. */
+function loadScripts(node: Redis): void {
+  for (const s of Object.values(SCRIPTS)) node.call('SCRIPT', 'LOAD', s.lua).catch(noop)
+}

@@ -134,8 +134,13 @@ export class DeadlineGuard {
     }
     q.push(op)
     if (this.#timer === undefined && !this.#checking) this.#arm(op.deadline)
-    const promise = (client as Redis).sendCommand(command) as Promise<T>
-    if (client.isCluster) {
+    let promise = (client as Redis).sendCommand(command) as Promise<T>
+    if (command.isResolved) {
+      // Settled before anything could be written: the client refused it (not connected, a
+      // Cluster node still connecting). It never reached Redis.
+      op.done = true
+      promise = promise.catch(markNotSent)
+    } else if (client.isCluster) {
       const clusterReject = command.reject
       op.reject = (err) => clusterReject.call(command, err as Error)
       command.reject = (err: Error) => {
@@ -272,6 +277,22 @@ export class DeadlineGuard {
   get size(): number {
     return this.#queue.length - this.#head
   }
+}
+
+const NOT_SENT_MARK = Symbol.for('resilient.cache.notSent')
+
+function markNotSent(err: unknown): never {
+  if (err instanceof Error) (err as unknown as Record<symbol, boolean>)[NOT_SENT_MARK] = true
+  throw err
+}
+
+/** The client refused the command before writing it (deadline.ts saw it settle synchronously). */
+export function isNotSent(err: unknown): boolean {
+  return (
+    err instanceof Error &&
+    ((err as unknown as Record<symbol, boolean>)[NOT_SENT_MARK] === true ||
+      err.message === "Stream isn't writeable and enableOfflineQueue options is false")
+  )
 }
 
 export function timeoutError(ms: number, operation: string): ResilientError {

@@ -10,7 +10,7 @@ import {
   isPlainObject,
   optional,
 } from '@resilient/core'
-import type { Cluster, Redis, RedisOptions } from 'ioredis'
+import type { Cluster, ClusterOptions, Redis, RedisOptions } from 'ioredis'
 import { jsonSerializer, type Serializer } from './serializer.js'
 
 /** Options for a Redis client the cache creates and owns: ioredis options, minus the ones the cache sets. */
@@ -23,6 +23,25 @@ export type CacheRedisOptions = Omit<
   | 'lazyConnect'
   | 'keyPrefix'
 >
+
+/**
+ * A Redis Cluster the cache creates and owns: its startup nodes, and ioredis ClusterOptions
+ * minus the ones the cache sets (no offline queue, no resending, bounded connects).
+ */
+export interface CacheClusterOptions {
+  /** Startup nodes; the cache discovers the rest. */
+  cluster: Array<{ host: string; port: number }>
+  /** ioredis ClusterOptions (e.g. `redisOptions: { password }`, `natMap`). */
+  clusterOptions?: Omit<
+    ClusterOptions,
+    | 'enableOfflineQueue'
+    | 'retryDelayOnFailover'
+    | 'retryDelayOnClusterDown'
+    | 'retryDelayOnTryAgain'
+    | 'lazyConnect'
+    | 'keyPrefix'
+  > & { redisOptions?: CacheRedisOptions }
+}
 
 export interface L1Options {
   /** Most entries kept in process memory (least recently used go first). @default 10_000 */
@@ -50,10 +69,11 @@ export interface LoaderTimeoutOptions {
 export interface CacheOptions {
   /**
    * Where L2 lives: ioredis options for a client the cache creates (`{ host, port }`, or
-   * `{ sentinels, name }` for Sentinel), your own ioredis `Redis` or `Cluster` instance
-   * (checked: `commandTimeout` set, offline queue off), or `false` for an L1-only cache.
+   * `{ sentinels, name }` for Sentinel, or `{ cluster: [{ host, port }] }` for a Redis Cluster),
+   * your own ioredis `Redis` or `Cluster` instance (checked: `commandTimeout` set, offline queue
+   * off, no resending), or `false` for an L1-only cache.
    */
-  redis: CacheRedisOptions | Redis | Cluster | false
+  redis: CacheRedisOptions | CacheClusterOptions | Redis | Cluster | false
   /** Prefix of every Redis key and of the invalidation channel. @default 'cache' */
   namespace?: string
   /** How long a value is fresh, in ms. @default 60_000 */

@@ -204,7 +204,7 @@ describe('decodeL2', () => {
 describe('clients the cache creates', () => {
   it('neither the main client nor the subscriber has a per-command timer (the cache bounds their commands itself, after the poll phase)', async () => {
     const { createOwnedClient, createSubscriber } = await import('../src/client.js')
-    const client = createOwnedClient({ host: '127.0.0.1', port: 1, retryStrategy: () => null }, 80)
+    const client = createOwnedClient({ host: '127.0.0.1', port: 1, retryStrategy: () => null }, 80) as Redis
     client.on('error', () => {})
     const sub = createSubscriber(client) as Redis
     sub.on('error', () => {})

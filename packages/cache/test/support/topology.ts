@@ -1,6 +1,6 @@
 import type { CacheOptions } from '@resilient/cache'
 import { type Lab, startLab } from '@resilient/lab'
-import { Redis } from 'ioredis'
+import { Cluster, Redis } from 'ioredis'
 
 /**
  * One way of running Redis that the cache's contract suite runs against (as bentocache runs
@@ -54,6 +54,44 @@ export async function sentinel(): Promise<Topology> {
     pause: () => lab.pauseRedis(),
     resume: () => lab.resumeRedis(),
     // Killing the master is a failover here: sentinel.int.test.ts does that on its own.
+    killAndRestart: undefined,
+    async close() {
+      raw.disconnect()
+      await lab.down()
+    },
+  }
+}
+
+export async function cluster(): Promise<Topology> {
+  const lab = await startLab({ nodes: 0, redis: false, redisCluster: true })
+  const nodes = lab.redisCluster!.nodes.map((n) => ({ host: n.host, port: n.port }))
+  const raw = new Cluster(nodes)
+  raw.on('error', () => {})
+  /** The PIDs of the nodes that are masters now (failovers move them). */
+  const masters = async (): Promise<number[]> => {
+    const pids: number[] = []
+    for (const n of lab.redisCluster!.nodes) {
+      const role = await lab.redisCommand(['ROLE'], n.port).catch(() => undefined)
+      if (Array.isArray(role) && role[0] === 'master' && n.pid) pids.push(n.pid)
+    }
+    return pids
+  }
+  let paused: number[] = []
+  return {
+    name: 'cluster',
+    lab,
+    redis: () => ({ cluster: nodes }),
+    raw,
+    // Every master at once (the replicas cannot fail over without a majority of masters).
+    async pause() {
+      paused = await masters()
+      for (const pid of paused) process.kill(pid, 'SIGSTOP')
+    },
+    async resume() {
+      for (const pid of paused) process.kill(pid, 'SIGCONT')
+      paused = []
+    },
+    // Killing a master is a failover here: cluster.int.test.ts does that on its own.
     killAndRestart: undefined,
     async close() {
       raw.disconnect()
