@@ -224,7 +224,10 @@ export class RedisConnection {
       },
       (err: unknown): OpResult<T> | typeof NOT_SENT => {
         if (ResilientError.is(err, 'E_CIRCUIT_OPEN') || isNotSent(err)) return NOT_SENT
-        this.failed(operation, err)
+        this.failed(operation, err) // a READONLY reconnects
+        // READONLY: a replica refused it, it did not run: an invalidation goes again once the
+        // connection is remade (behind a fixed endpoint, to the promoted node).
+        if (always && replyCode(err) === 'READONLY') return NOT_SENT
         return { ok: false, error: err }
       },
     )

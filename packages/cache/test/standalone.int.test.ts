@@ -1,7 +1,7 @@
 import { type Cache, type CacheOptions, createCache } from '@resilient/cache'
 import { afterEach, describe, expect, it } from 'vitest'
 import { cacheContract } from './support/contract.js'
-import { until } from './support/helpers.js'
+import { sleep, until } from './support/helpers.js'
 import { TcpProxy } from './support/proxy.js'
 import { standalone } from './support/topology.js'
 
@@ -127,5 +127,60 @@ describe('standalone only', () => {
     await expect(c.set('k', 'v', { tags: ['t'] })).rejects.toMatchObject({ code: 'E_CACHE_UNAVAILABLE' })
     expect(await t.raw.call('EXISTS', `${n}:{k}:v`)).toBe(0) // not stored untagged: a deleteByTag could not find it
     expect(await c.get('k')).toBeUndefined()
+  })
+
+  // Runs last: the lab's primary changes.
+  it('a failover that demotes the connected node (READONLY behind a fixed endpoint): no request fails, a value written after it is read by every instance within 2 s', async () => {
+    const t = topology()
+    const endpoint = t.lab.redisEndpoint!
+    const n = ns('demote')
+    const at = { host: endpoint.host, port: endpoint.port }
+    const cs = [0, 1, 2].map(() => make({ namespace: n, redis: { ...at } }))
+    await until(
+      () => cs.every((c) => c.stats().redisStatus === 'ready' && (c.stats().pubsub ?? 'subscribed') === 'subscribed'),
+      5_000,
+      'ready',
+    )
+    await cs[0]!.set('before', 'b')
+    const failures: unknown[] = []
+    let stop = false
+    let calls = 0
+    const load = Promise.all(
+      cs.map(async (c, i) => {
+        while (!stop) {
+          const k = `load-${i}-${calls % 40}`
+          await c.getOrLoad(k, async () => calls).catch((e: unknown) => failures.push(e))
+          await c.get('before').catch((e: unknown) => failures.push(e))
+          calls++
+          await sleep(1)
+        }
+      }),
+    )
+    await sleep(200)
+    const { promoted } = await t.lab.demoteRedisPrimary() // connections through the endpoint stay on the old node
+    const demotedAt = performance.now()
+    // A write after the demotion: the connection is remade (READONLY), the write lands on the
+    // promoted node, and every instance reads it.
+    await until(
+      async () => {
+        try {
+          await cs[0]!.set('after', 'a')
+        } catch {
+          return false
+        }
+        return (await Promise.all(cs.map((c) => c.get('after')))).every((v) => v === 'a')
+      },
+      2_000,
+      'a value written after the demotion, read by every instance',
+    )
+    const took = performance.now() - demotedAt
+    stop = true
+    await load
+    expect(failures).toEqual([])
+    expect(calls).toBeGreaterThan(30)
+    expect(took).toBeLessThan(2_000)
+    expect(cs[0]!.stats().reconnects).toBeGreaterThanOrEqual(1)
+    const node = t.lab.redisNodes.find((x) => x.name === promoted)!
+    expect(await t.lab.redisCommand(['EXISTS', `${n}:{after}:v`], node.port)).toBe(1)
   })
 })
