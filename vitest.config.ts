@@ -6,7 +6,7 @@ const src = (p: string) => fileURLToPath(new URL(`./packages/${p}`, import.meta.
 // Tests run against the TypeScript sources: no build needed between an edit and a test.
 const alias = [
   { find: /^@resilient\/pg-router\/(express|fastify)$/, replacement: `${src('pg-router/src')}/$1.ts` },
-  { find: /^@resilient\/health\/(express|fastify)$/, replacement: `${src('health/src')}/$1.ts` },
+  { find: /^@resilient\/health\/(express|fastify|grpc)$/, replacement: `${src('health/src')}/$1.ts` },
   { find: /^@resilient\/(core|pg-router|cache|health|lab)$/, replacement: `${src('$1/src/index.ts')}` },
 ]
 

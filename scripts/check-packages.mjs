@@ -1,7 +1,9 @@
-// publint and attw (--profile esm-only) for every publishable package. Exits 1 on any problem.
+// publint and attw (--profile esm-only) for every publishable package, then the published
+// types in a user's strict project (scripts/check-types.mjs). Exits 1 on any problem.
 import { execFileSync } from 'node:child_process'
 import { readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
+import { main as checkTypes } from './check-types.mjs'
 
 const root = new URL('..', import.meta.url).pathname
 const bin = (name) => join(root, 'node_modules', '.bin', name)
@@ -25,4 +27,5 @@ for (const dir of readdirSync(join(root, 'packages'))) {
     }
   }
 }
+if ((await checkTypes()) !== 0) failed++
 if (failed) process.exit(1)

@@ -14,6 +14,8 @@ export const channelNames = {
   shutdown: 'resilient:health:shutdown',
   /** { lagMs, maxDelayMs } when an event-loop delay past the liveness limit is seen. */
   eventLoopStall: 'resilient:health:event-loop-stall',
+  /** { shedding, reason, value, limit } when load shedding starts or stops (the sampled state). */
+  shed: 'resilient:health:shed',
 } as const
 
 export const channels = {
@@ -21,6 +23,7 @@ export const channels = {
   status: diagnostics_channel.channel(channelNames.status),
   shutdown: diagnostics_channel.channel(channelNames.shutdown),
   eventLoopStall: diagnostics_channel.channel(channelNames.eventLoopStall),
+  shed: diagnostics_channel.channel(channelNames.shed),
 }
 
 export function publish(channel: diagnostics_channel.Channel, message: unknown): void {

@@ -3,9 +3,10 @@ import type { IncomingMessage, Server, ServerResponse } from 'node:http'
 /**
  * What `attachServer` accepts: a node:http / https server (drained: stop accepting, close
  * idle keep-alive connections, let in-flight requests finish with `Connection: close`), or
- * anything with a `close()` that returns a promise (a Fastify instance's closer).
+ * anything with a `close()` that returns a promise (a Fastify instance's closer, a gRPC
+ * server's graceful shutdown). Its `forceClose()`, if any, is called when the budget runs out.
  */
-export type ClosableServer = Server | { close(): unknown }
+export type ClosableServer = Server | { close(): unknown; forceClose?(): void }
 
 export interface DrainResult {
   /** false when the budget ran out and the remaining connections were destroyed. */
@@ -91,6 +92,7 @@ export async function drainServer(server: ClosableServer, budgetMs: number): Pro
       Promise.resolve().then(() => server.close()),
       budgetMs,
     )
+    if (!clean) (server as { forceClose?(): void }).forceClose?.()
     return { clean, inFlightAtClose: 0 }
   }
   track(server)

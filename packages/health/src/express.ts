@@ -1,4 +1,5 @@
-import { configError } from '@resilient/core'
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import { checkBoolean, configError, optional } from '@resilient/core'
 import express from 'express'
 import type { Health, NodeHandler } from './health.js'
 
@@ -11,6 +12,12 @@ export interface HealthRoutesOptions<R extends RouterLike = RouterLike> {
   metricsPath?: string | false
   /** Add the routes to this router (`express.Router()` of your Express 4 or 5); else a new Router of the `express` peer. */
   router?: R
+  /**
+   * With `shed` on in createHealth: after the probe routes, every other request through this
+   * router is answered 503 with Retry-After while the process is overloaded (mount the router
+   * first: `app.use(healthRoutes(health))`). @default true
+   */
+  shed?: boolean
 }
 
 /** The part of an Express Router (4 or 5) this uses. */
@@ -18,6 +25,8 @@ export interface RouterLike {
   get(path: string, handler: NodeHandler): unknown
   /** Probe routes take every method: GET and HEAD are answered, others get 405 with `Allow`. */
   all(path: string, handler: NodeHandler): unknown
+  /** Needed for `shed`. */
+  use?(handler: (req: IncomingMessage, res: ServerResponse, next: () => void) => void): unknown
 }
 
 export const DEFAULT_HEALTH_ROUTES_OPTIONS = {
@@ -53,5 +62,24 @@ export function healthRoutes(health: Health, options: HealthRoutesOptions<Router
   router.all(path(options.readinessPath ?? d.readinessPath, 'readinessPath'), health.readiness)
   const metricsPath = options.metricsPath ?? d.metricsPath
   if (metricsPath !== false) router.all(path(metricsPath, 'metricsPath'), health.metrics)
+  const shed = optional(options.shed, true, (v) => checkBoolean(v, 'shed'))
+  if (shed && health.shedStats() !== undefined) {
+    if (typeof router.use !== 'function')
+      throw configError('router', 'a Router with use() (for shed)', router)
+    router.use(shedRequests(health))
+  }
   return router
+}
+
+/**
+ * Express middleware (4 and 5): while the process is overloaded (`shed` in createHealth),
+ * answers 503 with Retry-After instead of calling `next()`. `healthRoutes()` adds it after
+ * the probe routes; use this one when you mount the probes elsewhere.
+ */
+export function shedRequests(
+  health: Health,
+): (req: IncomingMessage, res: ServerResponse, next: () => void) => void {
+  return (req, res, next) => {
+    if (!health.shed(req, res)) next()
+  }
 }

@@ -23,6 +23,12 @@ export interface HealthPluginOptions {
   closeWithHealth?: boolean
   /** Log level of the probe routes (probes are frequent). @default 'warn' */
   logLevel?: LogLevel
+  /**
+   * With `shed` on in createHealth: every route of this instance but the probes and metrics
+   * is answered 503 with Retry-After while the process is overloaded (an onRequest hook).
+   * @default true
+   */
+  shed?: boolean
 }
 
 export const DEFAULT_HEALTH_PLUGIN_OPTIONS = {
@@ -81,6 +87,16 @@ async function healthPlugin(fastify: FastifyInstance, options: HealthPluginOptio
     fastify.get(metricsPath, { logLevel }, (req: FastifyRequest, reply: FastifyReply) => {
       reply.hijack()
       health.metrics(req.raw, reply.raw)
+    })
+  }
+  const shed = optional(options.shed, true, (v) => checkBoolean(v, 'shed'))
+  if (shed && health.shedStats() !== undefined) {
+    const exempt = new Set<string>([livenessPath, readinessPath, ...(metricsPath ? [metricsPath] : [])])
+    fastify.addHook('onRequest', (req, reply, done) => {
+      if (exempt.has(req.routeOptions.url ?? '')) return done()
+      const r = health.shedResponse()
+      if (r === undefined) return done()
+      send(reply, r)
     })
   }
   // Every other method on a probe route: 405 with `Allow: GET, HEAD`.

@@ -24,8 +24,15 @@ import {
   resolveSignalOptions,
   type SignalOptions,
 } from './options.js'
-import { buildPublicReport, buildReport, type HealthReport, readinessStatus } from './report.js'
+import {
+  buildPublicReport,
+  buildReport,
+  type HealthReport,
+  type LoadEntry,
+  readinessStatus,
+} from './report.js'
 import { type CheckStatus, errorOutput } from './result.js'
+import { LoadShedder, type ShedChange, type ShedReason, type ShedStats } from './shed.js'
 
 export type HealthState = 'serving' | 'draining' | 'closing' | 'closed'
 
@@ -97,6 +104,15 @@ export interface Health {
   report(options?: { verbose?: boolean }): HealthReport
   /** The readiness status now. */
   readonly status: CheckStatus
+  /** The checks' names, in the order given. */
+  readonly checkNames: readonly string[]
+  /**
+   * One check's status, as the public readiness view shows it (before its first result
+   * `fail`, or `pass` with readyBeforeFirstCheck); `undefined` for a name that is no check.
+   */
+  checkStatus(name: string): CheckStatus | undefined
+  /** `fail` while the event loop stalls past `eventLoop.maxDelayMs` (when /healthz answers 503), else `pass`. */
+  readonly livenessStatus: CheckStatus
   readonly state: HealthState
   readonly isShuttingDown: boolean
   /** Runs every check now (joining runs in progress) and returns the report. E_SHUTTING_DOWN after shutdown. */
@@ -117,6 +133,19 @@ export interface Health {
   /** How many times each check function was called (for tests and metrics). */
   checkCalls(): Record<string, number>
   /**
+   * node:http: with `shed` on, answers 503 with `Retry-After` and returns true while the
+   * process is overloaded (call it first in your handler, after the probe routes); else false.
+   */
+  shed(req: IncomingMessage, res: ServerResponse): boolean
+  /** For adapters: the 503 to answer (and the request counted as shed), or `undefined` to serve it. */
+  shedResponse(): ProbeResponse | undefined
+  /** Why a request arriving now would be shed (`undefined`: it would not, or `shed` is off). */
+  readonly shedding: ShedReason | undefined
+  /** Shed requests so far and the last sample; `undefined` when `shed` is off. */
+  shedStats(): ShedStats | undefined
+  /** The sampled overload state changed (what readiness reports under `load`). */
+  onShedChange(listener: (change: ShedChange) => void): Disposable
+  /**
    * Starts the admin listener on a port of its own: verbose /healthz and /ready, /metrics and
    * /health/circuit-breakers. Binds 127.0.0.1 unless told otherwise; closes when shutdown ends.
    */
@@ -132,6 +161,7 @@ export function createHealth(options?: HealthOptions): Health {
   const statusChanges = new Emitter<StatusChange>()
   const checkChanges = new Emitter<CheckChange>()
   const phases = new Emitter<ShutdownPhaseEvent>()
+  const shedChanges = new Emitter<ShedChange>()
 
   let state: HealthState = 'serving'
   let started = false
@@ -147,10 +177,48 @@ export function createHealth(options?: HealthOptions): Health {
     noteStatus()
   }
   const runners = o.checks.map((def) => new CheckRunner(def, stopChecks.signal, onOutcome))
+  const runnerByName = new Map(runners.map((r) => [r.def.name, r]))
+  const checkNames = Object.freeze(runners.map((r) => r.def.name))
+
+  const shedder = o.shed
+    ? new LoadShedder(o.shed, (change) => {
+        cachedReady = undefined
+        publish(channels.shed, change)
+        shedChanges.emit(change)
+        noteStatus()
+      })
+    : undefined
+  const LOAD_PASS: LoadEntry = Object.freeze({ status: 'pass' })
+  const loadEntry = (): LoadEntry | undefined => {
+    if (!shedder) return undefined
+    if (shedder.sampled === undefined) return LOAD_PASS
+    return {
+      status: shedder.status,
+      output: shedder.describe(),
+      details: { shed: shedder.shed, ...shedder.last },
+    }
+  }
+  const shedBody = (() => {
+    const r = jsonResponse(
+      503,
+      { error: 'OVERLOADED', message: 'the server is overloaded: retry later' },
+      'application/json',
+    )
+    r.headers['retry-after'] = o.shed ? o.shed.retryAfterSeconds : 1
+    return r
+  })()
+
+  const shedResponse = (): ProbeResponse | undefined => {
+    const reason = shedder?.reason()
+    if (reason === undefined) return undefined
+    shedder!.count(reason)
+    return shedBody
+  }
 
   const statusNow = (): CheckStatus =>
     readinessStatus({
       runners,
+      load: shedder?.sampled === undefined ? undefined : loadEntry(),
       shuttingDown: state !== 'serving',
       readyBeforeFirstCheck: o.readyBeforeFirstCheck,
     })
@@ -198,6 +266,7 @@ export function createHealth(options?: HealthOptions): Health {
     const verbose = opts?.verbose ?? o.verbose === true
     const r = buildReport({
       runners,
+      load: loadEntry(),
       shuttingDown: state !== 'serving',
       readyBeforeFirstCheck: o.readyBeforeFirstCheck,
       service: o.service,
@@ -220,6 +289,7 @@ export function createHealth(options?: HealthOptions): Health {
     if (!cachedReady) {
       const r = buildPublicReport({
         runners,
+        load: loadEntry(),
         shuttingDown: state !== 'serving',
         readyBeforeFirstCheck: o.readyBeforeFirstCheck,
       })
@@ -315,6 +385,7 @@ export function createHealth(options?: HealthOptions): Health {
         }),
       )
       loop?.stop()
+      shedder?.stop()
       state = 'closed'
       phase('closed')
       return {
@@ -360,6 +431,15 @@ export function createHealth(options?: HealthOptions): Health {
     get status() {
       return statusNow()
     },
+    checkNames,
+    checkStatus(name) {
+      const r = runnerByName.get(name)
+      if (!r) return undefined
+      return r.outcome?.status ?? (o.readyBeforeFirstCheck ? 'pass' : 'fail')
+    },
+    get livenessStatus() {
+      return !loop || loop.status().healthy ? 'pass' : 'fail'
+    },
     get state() {
       return state
     },
@@ -402,6 +482,26 @@ export function createHealth(options?: HealthOptions): Health {
       return out
     },
     listenAdmin: (opts) => listenAdmin(health, opts),
+    shed(req, res) {
+      const r = shedResponse()
+      if (r === undefined) return false
+      writeResponse(req, res, r)
+      return true
+    },
+    shedResponse,
+    get shedding() {
+      return shedder?.reason()
+    },
+    shedStats() {
+      if (!shedder) return undefined
+      return {
+        shedding: shedder.reason(),
+        shed: shedder.shed,
+        byReason: { ...shedder.byReason },
+        last: { ...shedder.last },
+      }
+    },
+    onShedChange: shedChanges.on,
   }
 
   if (o.handleSignals) handleSignals(o.handleSignals)

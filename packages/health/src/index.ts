@@ -18,9 +18,11 @@ export type {
   StatusChange,
 } from './health.js'
 export { createHealth } from './health.js'
-export type { MetricsOptions } from './metrics.js'
+export type { MetricsOptions, MetricsRegistry } from './metrics.js'
 export { createMetricsHandler, DEFAULT_METRICS_OPTIONS } from './metrics.js'
 export type { CheckDefinition, EventLoopOptions, HealthOptions, SignalOptions } from './options.js'
 export { DEFAULT_EVENT_LOOP_OPTIONS, DEFAULT_HEALTH_OPTIONS, DEFAULT_SIGNAL_OPTIONS } from './options.js'
 export type { BreakerEntry, CheckEntry, HealthReport, PublicCheckEntry, PublicReport } from './report.js'
 export type { CheckContext, CheckFunction, CheckResult, CheckReturn, CheckStatus } from './result.js'
+export type { ShedChange, ShedOptions, ShedReason, ShedStats } from './shed.js'
+export { DEFAULT_SHED_OPTIONS } from './shed.js'

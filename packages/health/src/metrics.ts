@@ -2,12 +2,25 @@ import { listBreakers, ResilientError } from '@resilient/core'
 import type { Health, NodeHandler } from './health.js'
 import { errorOutput } from './result.js'
 
+// prom-client is an optional peer: its types stay out of every declaration this package
+// publishes (a user without it would get TS2307 from index.d.ts). Used inside functions only.
 type PromClient = typeof import('prom-client')
 type Registry = import('prom-client').Registry
 
+/**
+ * The part of a prom-client `Registry` the handler uses; any prom-client 15 `Registry` is one.
+ * Declared here so that the types of @resilient/health load without prom-client installed.
+ */
+export interface MetricsRegistry {
+  metrics(): Promise<string>
+  readonly contentType: string
+  getSingleMetric(name: string): unknown
+  removeSingleMetric(name: string): void
+}
+
 export interface MetricsOptions {
   /** The prom-client registry to fill and expose. @default prom-client's global `register` */
-  register?: Registry
+  register?: MetricsRegistry
   /** Also collect prom-client's default process metrics (once per registry). @default true */
   defaultMetrics?: boolean
 }
@@ -40,7 +53,7 @@ export async function createMetricsHandler(
   options: MetricsOptions = {},
 ): Promise<NodeHandler> {
   const prom = await loadPromClient()
-  const register = options.register ?? prom.register
+  const register = (options.register as Registry | undefined) ?? prom.register
   if (
     (options.defaultMetrics ?? DEFAULT_METRICS_OPTIONS.defaultMetrics) &&
     !register.getSingleMetric('process_cpu_user_seconds_total')
@@ -109,6 +122,29 @@ export async function createMetricsHandler(
       }
     },
   })
+
+  if (health.shedStats() !== undefined) {
+    new prom.Counter({
+      name: fresh('resilient_health_shed_requests_total'),
+      help: 'Application requests answered 503 because the process was overloaded, by the threshold crossed.',
+      labelNames: ['reason'],
+      registers: [register],
+      collect() {
+        const stats = health.shedStats()
+        if (!stats) return
+        this.reset()
+        for (const [reason, n] of Object.entries(stats.byReason)) this.inc({ reason }, n)
+      },
+    })
+    new prom.Gauge({
+      name: fresh('resilient_health_shedding'),
+      help: '1 while load shedding is on (a threshold crossed at the last sample).',
+      registers: [register],
+      collect() {
+        this.set(health.shedStats()?.shedding === undefined ? 0 : 1)
+      },
+    })
+  }
 
   return (_req, res) => {
     register.metrics().then(

@@ -12,6 +12,7 @@ import {
 import { digestToken, type ResolvedVerbose, type VerboseMode } from './access.js'
 import type { ClosableServer } from './drain.js'
 import type { CheckFunction } from './result.js'
+import { DEFAULT_SHED_OPTIONS, type ResolvedShedOptions, type ShedOptions } from './shed.js'
 
 export interface CheckDefinition {
   /** The check; called without `this`, so pass bound functions (`db.check` is). */
@@ -66,6 +67,12 @@ export interface HealthOptions {
    * @default false
    */
   verbose?: VerboseMode
+  /**
+   * Load shedding: while the process is overloaded, application requests get 503 with
+   * Retry-After (`health.shed(req, res)`, and the Express and Fastify adapters), and readiness
+   * reports `warn` (or `fail`) under the entry `load`. `true` for the defaults. @default false
+   */
+  shed?: ShedOptions | boolean
   /** Servers to drain on shutdown (also `health.attachServer`). @default [] */
   servers?: ClosableServer[]
   /** Resources closed on shutdown, by name (also `health.onShutdown(name, fn)`). @default {} */
@@ -101,6 +108,7 @@ export const DEFAULT_HEALTH_OPTIONS = {
   readyBeforeFirstCheck: false,
   eventLoop: DEFAULT_EVENT_LOOP_OPTIONS,
   verbose: false,
+  shed: false,
   servers: [],
   resources: {},
   handleSignals: false,
@@ -125,6 +133,7 @@ export interface ResolvedOptions {
   readyBeforeFirstCheck: boolean
   eventLoop: Required<EventLoopOptions> | false
   verbose: ResolvedVerbose
+  shed: ResolvedShedOptions | false
   servers: ClosableServer[]
   resources: [string, () => unknown][]
   handleSignals: Required<SignalOptions> | false
@@ -141,6 +150,7 @@ const HEALTH_KEYS = [
   'readyBeforeFirstCheck',
   'eventLoop',
   'verbose',
+  'shed',
   'servers',
   'resources',
   'handleSignals',
@@ -250,6 +260,7 @@ export function resolveOptions(options: unknown): ResolvedOptions {
     ),
     eventLoop,
     verbose: optional(o.verbose, d.verbose as ResolvedVerbose, resolveVerbose),
+    shed: resolveShed(o.shed, checks),
     servers,
     resources,
     handleSignals:
@@ -294,4 +305,66 @@ function resolveVerbose(v: unknown): ResolvedVerbose {
     return { digests: resolveTokens(o.token, 'health.verbose.token') }
   }
   throw configError('health.verbose', "false, true, 'query' or { token }", v)
+}
+
+/** The name of the readiness entry that reports load shedding; no check may take it. */
+export const LOAD_ENTRY = 'load'
+
+const SHED_KEYS = [
+  'maxEventLoopDelayMs',
+  'maxEventLoopUtilization',
+  'maxHeapUsedBytes',
+  'maxRssBytes',
+  'sampleIntervalMs',
+  'retryAfterSeconds',
+  'readiness',
+] as const
+
+function resolveShed(value: unknown, checks: ResolvedCheck[]): ResolvedShedOptions | false {
+  if (value === undefined || value === false) return false
+  const o = value === true ? {} : checkObject(value, 'health.shed')
+  checkKnownKeys(o, 'health.shed', SHED_KEYS)
+  if (checks.some((c) => c.name === LOAD_ENTRY))
+    throw configError(
+      `health.checks.${LOAD_ENTRY}`,
+      `a check name other than '${LOAD_ENTRY}' while shed is on`,
+    )
+  const d = DEFAULT_SHED_OPTIONS
+  const limit = (
+    key: (typeof SHED_KEYS)[number],
+    fallback: number | false,
+    rule: { min: number; max: number; integer?: boolean },
+  ) => optional(o[key], fallback, (v) => (v === false ? false : checkNumber(v, `health.shed.${key}`, rule)))
+  const resolved: ResolvedShedOptions = {
+    maxEventLoopDelayMs: limit('maxEventLoopDelayMs', d.maxEventLoopDelayMs, { min: 1, max: 600_000 }),
+    maxEventLoopUtilization: limit('maxEventLoopUtilization', d.maxEventLoopUtilization, {
+      min: 0.01,
+      max: 1,
+    }),
+    maxHeapUsedBytes: limit('maxHeapUsedBytes', d.maxHeapUsedBytes, {
+      min: 1,
+      max: Number.MAX_SAFE_INTEGER,
+      integer: true,
+    }),
+    maxRssBytes: limit('maxRssBytes', d.maxRssBytes, { min: 1, max: Number.MAX_SAFE_INTEGER, integer: true }),
+    sampleIntervalMs: optional(
+      o.sampleIntervalMs,
+      d.sampleIntervalMs as number,
+      ms('health.shed.sampleIntervalMs', 5),
+    ),
+    retryAfterSeconds: optional(o.retryAfterSeconds, d.retryAfterSeconds as number, (v) =>
+      checkNumber(v, 'health.shed.retryAfterSeconds', { min: 0, max: 86_400, integer: true }),
+    ),
+    readiness: optional(o.readiness, d.readiness as 'warn' | 'fail', (v) =>
+      checkOneOf(v, 'health.shed.readiness', ['warn', 'fail'] as const),
+    ),
+  }
+  if (
+    resolved.maxEventLoopDelayMs === false &&
+    resolved.maxEventLoopUtilization === false &&
+    resolved.maxHeapUsedBytes === false &&
+    resolved.maxRssBytes === false
+  )
+    throw configError('health.shed', 'at least one threshold (or shed: false)')
+  return resolved
 }

@@ -1,5 +1,6 @@
 import type { BreakerState } from '@resilient/core'
 import type { CheckRunner } from './checks.js'
+import { LOAD_ENTRY } from './options.js'
 import type { CheckStatus } from './result.js'
 
 /** One entry of `checks["<name>:<measurement>"]` in the IETF health+json body. */
@@ -41,8 +42,17 @@ export interface HealthReport {
   breakers?: BreakerEntry[]
 }
 
+/** The `load` entry when load shedding is on. */
+export interface LoadEntry {
+  status: CheckStatus
+  /** Verbose view: which threshold, by how much. */
+  output?: string | undefined
+  details?: Record<string, unknown>
+}
+
 export interface ReportInput {
   runners: readonly CheckRunner[]
+  load?: LoadEntry | undefined
   shuttingDown: boolean
   readyBeforeFirstCheck: boolean
   service: { serviceId?: string; version?: string; releaseId?: string; description?: string }
@@ -61,6 +71,7 @@ export function readinessStatus(input: Omit<ReportInput, 'verbose' | 'service'>)
     else if (s === 'warn') status = worstOf(status, 'warn')
     if (status === 'fail') break
   }
+  if (input.load && input.load.status !== 'pass') status = worstOf(status, input.load.status)
   return status
 }
 
@@ -107,6 +118,12 @@ export function buildReport(input: ReportInput): HealthReport {
       push(report.checks, key, entry)
     }
   }
+  if (input.load) {
+    const entry: CheckEntry = { componentId: 'process', componentType: 'system', status: input.load.status }
+    if (input.load.output) entry.output = input.load.output
+    if (input.verbose && input.load.details) entry.details = input.load.details
+    push(report.checks, LOAD_ENTRY, entry)
+  }
   if (!input.shuttingDown && pending > 0 && status !== 'pass') report.output = 'checks have not completed yet'
   return report
 }
@@ -142,6 +159,7 @@ export function buildPublicReport(input: Omit<ReportInput, 'verbose' | 'service'
     if (s === undefined) pending = true
     report.checks[runner.def.name] = [{ status: s ?? (input.readyBeforeFirstCheck ? 'pass' : 'fail') }]
   }
+  if (input.load) report.checks[LOAD_ENTRY] = [{ status: input.load.status }]
   if (!input.shuttingDown && pending && status !== 'pass') report.output = 'checks have not completed yet'
   return report
 }

@@ -9,7 +9,8 @@ import { errorMessage, isProcessAlive } from './util.js'
 export const USAGE = `resilient-lab: a real Patroni + etcd + Redis (+ Sentinel) cluster on 127.0.0.1, for tests.
 
 Usage:
-  resilient-lab up [--nodes N] [--sync] [--failsafe] [--sentinel] [--no-redis] [--dir DIR] [--timeout MS] [--json]
+  resilient-lab up [--nodes N] [--sync] [--failsafe] [--sentinel] [--redis-replica] [--redis-cluster]
+                   [--no-redis] [--dir DIR] [--timeout MS] [--json]
   resilient-lab status [--dir DIR] [--json]
   resilient-lab down [--dir DIR]
   resilient-lab chaos <verb> [arg] [--dir DIR] [--json]
@@ -35,6 +36,14 @@ Chaos verbs:
   pause-redis               SIGSTOP the Redis primary      resume-redis   SIGCONT it
   kill-redis                kill -9 the Redis primary      restart-redis  start it again, same port
   kill-redis-primary        (--sentinel) kill -9 the sentinels' master
+  demote-redis-primary      (--redis-replica) promote the replica, make the old primary its replica
+                            (REPLICAOF); the endpoint follows (--drop: close its connections)
+  failover-redis-cluster [NAME|KEY]
+                            (--redis-cluster) CLUSTER FAILOVER of a master (by name, or the master
+                            of KEY's slot; default the first) on its replica; waits until ok
+  kill-redis-cluster-master [NAME|KEY]
+                            (--redis-cluster) kill -9 a master; waits until its replica took over
+  restart-redis-node NAME   start a stopped Redis server or Redis Cluster node again
   wait-redis-failover       (--sentinel) wait until the sentinels promote another server
 
 Options:
@@ -43,6 +52,8 @@ Options:
   --sync           Patroni synchronous_mode
   --failsafe       Patroni failsafe_mode (the leader survives losing etcd while all members answer)
   --sentinel       a Redis replica and 3 sentinels (master name 'resilient')
+  --redis-replica  a Redis replica and a fixed endpoint in front of the primary
+  --redis-cluster  a Redis Cluster: 3 masters + 3 replicas
   --no-redis       no Redis
   --timeout MS     how long to wait for readiness or a chaos verb (default 90000)
   --json           machine-readable output
@@ -68,6 +79,9 @@ export interface ParsedCli {
   sync: boolean
   failsafe: boolean
   sentinel: boolean
+  redisReplica: boolean
+  redisCluster: boolean
+  drop: boolean
   redis: boolean
   json: boolean
   graceful: boolean
@@ -87,6 +101,9 @@ export function parseCli(argv: string[], cwd: string): ParsedCli {
       sync: { type: 'boolean', default: false },
       failsafe: { type: 'boolean', default: false },
       sentinel: { type: 'boolean', default: false },
+      'redis-replica': { type: 'boolean', default: false },
+      'redis-cluster': { type: 'boolean', default: false },
+      drop: { type: 'boolean', default: false },
       'no-redis': { type: 'boolean', default: false },
       json: { type: 'boolean', default: false },
       graceful: { type: 'boolean', default: false },
@@ -110,6 +127,9 @@ export function parseCli(argv: string[], cwd: string): ParsedCli {
     sync: values.sync ?? false,
     failsafe: values.failsafe ?? false,
     sentinel: values.sentinel ?? false,
+    redisReplica: values['redis-replica'] ?? false,
+    redisCluster: values['redis-cluster'] ?? false,
+    drop: values.drop ?? false,
     redis: !(values['no-redis'] ?? false),
     json: values.json ?? false,
     graceful: values.graceful ?? false,
@@ -185,6 +205,8 @@ async function up(cli: ParsedCli, io: CliIO, log: (line: string) => void): Promi
       failsafeMode: cli.failsafe,
       redis: cli.redis,
       sentinel: cli.sentinel,
+      redisReplica: cli.redisReplica,
+      redisCluster: cli.redisCluster,
       baseDir: cli.dir,
       readyTimeoutMs: cli.timeoutMs,
       persistent: true,
@@ -208,6 +230,8 @@ export interface LabDescription {
   patroni?: { endpoints: string[]; scope: string }
   members: Array<{ name: string; host: string; port: number; apiUrl: string; role?: string }>
   redis?: { host: string; port: number }
+  redisEndpoint?: { host: string; port: number }
+  redisCluster?: { nodes: Array<{ name: string; host: string; port: number; role: string }> }
   sentinel?: { sentinels: Array<{ host: string; port: number }>; name: string }
 }
 
@@ -226,6 +250,8 @@ async function describe(lab: Lab): Promise<LabDescription> {
       return { ...m, ...(role ? { role } : {}) }
     }),
     ...(lab.state.redis.length > 0 ? { redis: lab.redis } : {}),
+    ...(lab.redisEndpoint ? { redisEndpoint: lab.redisEndpoint } : {}),
+    ...(lab.redisCluster ? { redisCluster: lab.redisCluster } : {}),
     ...(lab.sentinel ? { sentinel: lab.sentinel } : {}),
   }
 }
@@ -245,6 +271,13 @@ export function formatUp(info: LabDescription): string {
     lines.push(`patroni    ${info.patroni?.endpoints.join(',')}`)
   }
   if (info.redis) lines.push(`redis      ${info.redis.host}:${info.redis.port}`)
+  if (info.redisEndpoint)
+    lines.push(`endpoint   ${info.redisEndpoint.host}:${info.redisEndpoint.port} (follows the Redis primary)`)
+  if (info.redisCluster) {
+    lines.push(
+      `cluster    ${info.redisCluster.nodes.map((n) => `${n.host}:${n.port}${n.role === 'master' ? ' (master)' : ''}`).join(',')}`,
+    )
+  }
   if (info.sentinel) {
     lines.push(
       `sentinel   name=${info.sentinel.name} ${info.sentinel.sentinels.map((s) => `${s.host}:${s.port}`).join(',')}`,
@@ -284,6 +317,8 @@ export function isHealthy(st: LabStatus, streaming: string[]): boolean {
     if (!replicas.every((r) => streaming.includes(r.name) && typeof r.lag === 'number')) return false
   }
   if (st.redis.some((r) => r.role === 'down' || r.role === 'not answering')) return false
+  if (st.redisCluster?.some((r) => r.detail !== 'cluster_state:ok')) return false
+  if (st.redisEndpoint && !st.redisEndpoint.ok) return false
   return st.sentinels.every((s) => s.ok)
 }
 
@@ -317,6 +352,17 @@ export function formatStatus(st: LabStatus, streaming: string[]): string {
   for (const r of st.redis) {
     lines.push(
       `${r.name.padEnd(9)} ${r.role.padEnd(13)} 127.0.0.1:${r.port}  pid ${r.pid ?? '-'}  ${r.detail}`,
+    )
+  }
+  for (const r of st.redisCluster ?? []) {
+    lines.push(
+      `${r.name.padEnd(9)} ${r.role.padEnd(13)} 127.0.0.1:${r.port}  pid ${r.pid ?? '-'}  ${r.detail}`,
+    )
+  }
+  if (st.redisEndpoint) {
+    const e = st.redisEndpoint
+    lines.push(
+      `${'endpoint'.padEnd(9)} ${(e.ok ? 'ok' : 'down').padEnd(13)} 127.0.0.1:${e.port}  pid ${e.pid ?? '-'}  -> ${e.target}`,
     )
   }
   for (const s of st.sentinels) {
@@ -426,6 +472,25 @@ async function chaos(cli: ParsedCli, io: CliIO, log: (line: string) => void): Pr
       break
     case 'kill-redis-primary':
       result = { killed: await lab.killRedisPrimary() }
+      break
+    case 'demote-redis-primary': {
+      const r = await lab.demoteRedisPrimary({ dropConnections: cli.drop, timeoutMs: cli.timeoutMs })
+      result = { demoted: r.demoted, promoted: r.promoted }
+      break
+    }
+    case 'failover-redis-cluster': {
+      const r = await lab.failoverRedisClusterMaster(arg, { timeoutMs: cli.timeoutMs })
+      result = { master: r.master, promoted: r.promoted }
+      break
+    }
+    case 'kill-redis-cluster-master': {
+      const r = await lab.killRedisClusterMaster(arg, { timeoutMs: cli.timeoutMs })
+      result = { killed: r.master, promoted: r.promoted }
+      break
+    }
+    case 'restart-redis-node':
+      await lab.restartRedisNode(need('a Redis server name'))
+      result = { restarted: arg }
       break
     case 'wait-redis-failover':
       result = { master: await lab.waitForRedisFailover({ timeoutMs: cli.timeoutMs }) }

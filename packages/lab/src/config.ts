@@ -195,6 +195,45 @@ export function redisArgs(input: RedisInput): string[] {
   return args
 }
 
+/** The Redis Cluster the lab starts with `redisCluster: true`. */
+export const REDIS_CLUSTER_DEFAULTS = {
+  /** Masters; the 16 384 slots are split evenly among them. */
+  masters: 3,
+  /** Replicas per master. */
+  replicasPerMaster: 1,
+  /**
+   * `cluster-node-timeout`: a master that does not answer this long is failed over by its
+   * replica (Redis's default is 15 000 ms; 2 000 ms keeps a kill test short).
+   */
+  nodeTimeoutMs: 2000,
+} as const
+
+export interface RedisClusterNodeInput {
+  port: number
+  /** The cluster bus port (`cluster-port`): drawn like every lab port, not port + 10000. */
+  busPort: number
+  dir: string
+  nodeTimeoutMs?: number
+}
+
+/** redis-server arguments of a Redis Cluster node (no persistence; nodes.conf in its folder). */
+export function redisClusterArgs(input: RedisClusterNodeInput): string[] {
+  return [
+    ...redisArgs({ port: input.port, dir: input.dir }),
+    '--cluster-enabled',
+    'yes',
+    // Relative to --dir: the node's own folder.
+    '--cluster-config-file',
+    'nodes.conf',
+    '--cluster-port',
+    String(input.busPort),
+    '--cluster-node-timeout',
+    String(input.nodeTimeoutMs ?? REDIS_CLUSTER_DEFAULTS.nodeTimeoutMs),
+    '--cluster-announce-ip',
+    HOST,
+  ]
+}
+
 export interface SentinelInput {
   port: number
   dir: string

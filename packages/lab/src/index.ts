@@ -3,7 +3,9 @@ export {
   DCS_DEFAULTS,
   etcdArgs,
   patroniConfig,
+  REDIS_CLUSTER_DEFAULTS,
   redisArgs,
+  redisClusterArgs,
   SENTINEL_MASTER_NAME,
   scopeFor,
   sentinelConf,
@@ -33,6 +35,14 @@ export {
   requirements,
 } from './packages.js'
 export { canListen, kernelPort, PortAllocator } from './ports.js'
+export {
+  type ClusterNodesEntry,
+  parseClusterNodes,
+  type RedisClusterFailover,
+  type RedisClusterInfo,
+  type RedisClusterNode,
+  slotRanges,
+} from './redis-cluster.js'
 export { parseReply, RespError, type RespValue, redisCommand } from './resp.js'
 export {
   type LabState,

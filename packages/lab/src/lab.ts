@@ -15,7 +15,6 @@ import {
   statSync,
   writeFileSync,
 } from 'node:fs'
-import { connect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import {
@@ -31,6 +30,7 @@ import {
   scopeFor,
   sentinelConf,
 } from './config.js'
+import type { LabContext } from './context.js'
 import { continueTree, stopTree } from './freeze.js'
 import { ensurePackages, requirements } from './packages.js'
 import { defaultRegistryDir, PortAllocator } from './ports.js'
@@ -44,6 +44,8 @@ import {
   teardown,
   WATCHDOG_SOURCE,
 } from './procs.js'
+import { type RedisClusterFailover, type RedisClusterInfo, RedisClusterPart } from './redis-cluster.js'
+import { ENDPOINT_SOURCE } from './redis-endpoint.js'
 import { parseInfo, RespError, type RespValue, redisCommand } from './resp.js'
 import {
   type LabState,
@@ -62,6 +64,7 @@ import {
   signalTree,
   waitFor,
   waitForExit,
+  waitUntilRefused,
 } from './util.js'
 
 export interface LabOptions {
@@ -78,6 +81,16 @@ export interface LabOptions {
   redis?: boolean
   /** Also a Redis replica and 3 sentinels monitoring master name 'resilient'. Default false. */
   sentinel?: boolean
+  /**
+   * A Redis replica (`redis1`) of the Redis server, and a fixed endpoint in front of the primary
+   * (`lab.redisEndpoint`), for demoteRedisPrimary(). Implies `redis`. Default false.
+   */
+  redisReplica?: boolean
+  /**
+   * A Redis Cluster of 3 masters + 3 replicas (`lab.redisCluster`), on top of whatever else
+   * starts. With `nodes: 0, redis: false` it is all the lab starts. Default false.
+   */
+  redisCluster?: boolean
   /** The lab folder. Default: a fresh mkdtemp folder under os.tmpdir() (resilient-lab-XXXXXX). */
   baseDir?: string
   log?: (line: string) => void
@@ -233,6 +246,9 @@ export class Lab {
   #logMarks = new Map<string, number>()
   #down = false
   #owned: boolean
+  /** What the parts of the lab get from its lifecycle (see LabContext). */
+  readonly #ctx: LabContext
+  readonly #redisCluster: RedisClusterPart
 
   /** Use startLab() or Lab.fromState(). */
   constructor(
@@ -246,6 +262,19 @@ export class Lab {
     // Only etcd and Patroni need the postgres user; a Redis-only lab runs without it.
     this.#runAs = state.members.length > 0 ? postgresUser() : undefined
     this.#owned = opts.owned ?? false
+    const lab = this
+    this.#ctx = {
+      baseDir: this.baseDir,
+      get state() {
+        return lab.#state
+      },
+      refresh: () => this.#refresh(),
+      save: () => this.#save(),
+      log: (line) => this.#log(line),
+      readyTimeoutMs: this.#readyTimeoutMs,
+      recordPid: (pid) => this.#recordPid(pid),
+    }
+    this.#redisCluster = new RedisClusterPart(this.#ctx)
     if (this.#owned) {
       ownedLabs.add(this)
       installHooks()
@@ -311,6 +340,25 @@ export class Lab {
       port: r.port,
       ...(r.pid ? { pid: r.pid } : {}),
     }))
+  }
+
+  /**
+   * The Redis Cluster (`redisCluster: true`): `{ nodes: [{ name, host, port, role, pid? }] }`,
+   * startup nodes for ioredis.Cluster; roles as of the lab's last look. Undefined without one.
+   */
+  get redisCluster(): RedisClusterInfo | undefined {
+    this.#refresh()
+    return this.#redisCluster.info
+  }
+
+  /**
+   * The fixed Redis endpoint (`redisReplica: true`): a TCP proxy that connects each new
+   * connection to the current Redis primary, like a managed service's primary endpoint.
+   */
+  get redisEndpoint(): RedisAddress | undefined {
+    this.#refresh()
+    const e = this.#state.redisEndpoint
+    return e ? { host: HOST, port: e.port } : undefined
   }
 
   get sentinel(): SentinelInfo | undefined {
@@ -1075,9 +1123,13 @@ export class Lab {
     await this.#restartRedisNode(this.#requireRedisPrimary())
   }
 
-  /** Starts any stopped Redis server of the lab again (by name, e.g. 'redis0' or 'redis1'). */
+  /**
+   * Starts any stopped Redis server of the lab again (by name, e.g. 'redis0', 'redis1', or a
+   * Redis Cluster node such as 'cluster0', which rejoins as a replica of its slots' new master).
+   */
   async restartRedisNode(name: string): Promise<void> {
     this.#refresh()
+    if (this.#redisCluster.has(name)) return this.#redisCluster.restartNode(name)
     const node = this.#state.redis.find((r) => r.name === name)
     if (!node) throw new Error(`no such Redis server: ${name}`)
     await this.#restartRedisNode(node)
@@ -1164,6 +1216,99 @@ export class Lab {
     return addr
   }
 
+  /**
+   * Redis Cluster: fails one master over with `CLUSTER FAILOVER` on its replica (coordinated:
+   * nothing acknowledged is lost). `nameOrSlotKey`: a node name (`'cluster0'`) or a key (the
+   * master of its slot); default the first master. Resolves when the replica is master, the old
+   * master replicates from it, and every node says `cluster_state:ok` and agrees on the masters.
+   */
+  async failoverRedisClusterMaster(
+    nameOrSlotKey?: string,
+    opts: { timeoutMs?: number } = {},
+  ): Promise<RedisClusterFailover> {
+    return this.#redisCluster.failoverMaster(nameOrSlotKey, opts)
+  }
+
+  /**
+   * Redis Cluster: kill -9 of one master (chosen as for failoverRedisClusterMaster()). Its
+   * replica is promoted by the cluster after `cluster-node-timeout` (2 s); resolves once it is
+   * master and every live node says `cluster_state:ok`. restartRedisNode(name) brings the killed
+   * node back as a replica.
+   */
+  async killRedisClusterMaster(
+    nameOrSlotKey?: string,
+    opts: { timeoutMs?: number } = {},
+  ): Promise<RedisClusterFailover> {
+    return this.#redisCluster.killMaster(nameOrSlotKey, opts)
+  }
+
+  /**
+   * A failover that demotes the server clients are connected to (Memorystore standard tier,
+   * ElastiCache): the replica is promoted (`REPLICAOF NO ONE`) and the old primary becomes its
+   * replica (`REPLICAOF 127.0.0.1 <port>`). A client still connected to the old primary gets
+   * `READONLY` on writes while its reads keep working; the fixed endpoint
+   * (`lab.redisEndpoint`) sends new connections to the new primary. Nothing acknowledged is
+   * lost: the old primary's writers are paused (`CLIENT PAUSE WRITE`) until the replica has
+   * caught up, and the writes that waited get READONLY. `dropConnections: true` also closes
+   * every connection made through the endpoint (a provider that drops them). Needs a replica
+   * (`redisReplica: true`) and no sentinels (they would undo it). Updates `lab.redis`.
+   */
+  async demoteRedisPrimary(
+    opts: { dropConnections?: boolean; timeoutMs?: number } = {},
+  ): Promise<{ demoted: string; promoted: string; seconds: number }> {
+    this.#refresh()
+    const started = performance.now()
+    const timeoutMs = opts.timeoutMs ?? this.#readyTimeoutMs
+    if (this.#state.sentinel)
+      throw new Error('demoteRedisPrimary() is for a lab without sentinels (they would fail it back)')
+    const old = this.#requireRedisPrimary()
+    const next = this.#state.redis.find((r) => r !== old && r.pid !== undefined && isProcessAlive(r.pid))
+    if (!next)
+      throw new Error('there is no running Redis replica to promote (start the lab with redisReplica: true)')
+    const ok = async (port: number, args: string[]) => {
+      const reply = await redisCommand(port, args, { timeoutMs: 2000 })
+      if (reply instanceof RespError) throw new Error(`${args.join(' ')} on port ${port}: ${reply.message}`)
+      return reply
+    }
+    // Hold the old primary's writers while the replica catches up (as a planned failover does).
+    await ok(old.port, ['CLIENT', 'PAUSE', String(Math.max(10_000, timeoutMs)), 'WRITE'])
+    try {
+      await waitFor(
+        `${next.name} to catch up with ${old.name}`,
+        async () => {
+          const master = parseInfo(String(await ok(old.port, ['INFO', 'replication'])))
+          const replica = parseInfo(String(await ok(next.port, ['INFO', 'replication'])))
+          return Number(replica.slave_repl_offset) >= Number(master.master_repl_offset) ? true : undefined
+        },
+        { timeoutMs, intervalMs: 20 },
+      )
+      await ok(next.port, ['REPLICAOF', 'NO', 'ONE'])
+      // lab.json names the new primary: the endpoint's next connection goes there.
+      this.#state.redisPrimary = next.name
+      this.#save()
+      await ok(old.port, ['REPLICAOF', HOST, String(next.port)])
+    } finally {
+      await ok(old.port, ['CLIENT', 'UNPAUSE']).catch(() => {})
+    }
+    if (opts.dropConnections && this.#state.redisEndpoint?.pid)
+      signalPid(this.#state.redisEndpoint.pid, 'SIGUSR2', this.baseDir)
+    await waitFor(
+      `${old.name} to replicate from ${next.name}`,
+      async () => {
+        const info = parseInfo(String(await ok(old.port, ['INFO', 'replication'])))
+        return info.role === 'slave' &&
+          info.master_link_status === 'up' &&
+          Number(info.master_port) === next.port
+          ? true
+          : undefined
+      },
+      { timeoutMs, intervalMs: 50 },
+    )
+    const seconds = Math.round((performance.now() - started) / 100) / 10
+    this.#log(`redis: promoted ${next.name}, demoted ${old.name} to its replica (${seconds} s)`)
+    return { demoted: old.name, promoted: next.name, seconds }
+  }
+
   /** One Redis command to a server of the lab (the primary by default). */
   async redisCommand(args: string[], port = this.redis.port, timeoutMs = 1000): Promise<RespValue> {
     return redisCommand(port, args, { timeoutMs })
@@ -1235,6 +1380,18 @@ export class Lab {
         detail = errorMessage(err)
       }
       out.redis.push({ name: r.name, port: r.port, pid: r.pid, role, detail })
+    }
+    if (this.#state.redisCluster) out.redisCluster = await this.#redisCluster.status()
+    const endpoint = this.#state.redisEndpoint
+    if (endpoint) {
+      out.redisEndpoint = {
+        port: endpoint.port,
+        pid: endpoint.pid,
+        target: this.#redisPrimaryNode()?.name ?? '-',
+        ok: await redisCommand(endpoint.port, ['PING'], { timeoutMs: 500 })
+          .then((r) => r === 'PONG')
+          .catch(() => false),
+      }
     }
     for (const s of this.#state.sentinel?.sentinels ?? []) {
       let master = ''
@@ -1404,6 +1561,40 @@ export class Lab {
         { timeoutMs, intervalMs: 100 },
       )
     }
+  }
+
+  /** @internal Starts the Redis Cluster's nodes. */
+  async bootRedisCluster(): Promise<void> {
+    await this.#redisCluster.boot()
+  }
+
+  /** @internal Forms the Redis Cluster and waits until it is ok everywhere. */
+  async formRedisCluster(timeoutMs: number): Promise<void> {
+    await this.#redisCluster.form(timeoutMs)
+  }
+
+  /** @internal Starts the fixed Redis endpoint and waits until a PING through it answers. */
+  async bootRedisEndpoint(timeoutMs: number): Promise<void> {
+    const e = this.#state.redisEndpoint
+    if (!e) return
+    writeFileSync(e.scriptPath, ENDPOINT_SOURCE, { mode: 0o644 })
+    const pid = await spawnServer({
+      cmd: process.execPath,
+      args: [e.scriptPath, join(this.baseDir, 'lab.json'), String(e.port)],
+      cwd: e.dir,
+      logPath: e.logPath,
+    })
+    e.pid = pid
+    this.#recordPid(pid)
+    await waitFor(
+      'the Redis endpoint to answer PING',
+      async () => {
+        if (!isProcessAlive(pid))
+          throw fatal(`the Redis endpoint exited; see ${e.logPath}\n${tail(e.logPath)}`)
+        return (await redisCommand(e.port, ['PING'], { timeoutMs: 500 })) === 'PONG' ? true : undefined
+      },
+      { timeoutMs, intervalMs: 50 },
+    )
   }
 
   /** @internal */
@@ -1618,6 +1809,10 @@ export interface LabStatus {
   /** etcd frozen by freezeDcs(), not thawed yet. */
   dcsFrozen?: boolean
   redis: Array<{ name: string; port: number; pid: number | undefined; role: string; detail: string }>
+  /** Redis Cluster nodes: role ('master', 'replica', 'down', 'not answering') and cluster_state. */
+  redisCluster?: Array<{ name: string; port: number; pid: number | undefined; role: string; detail: string }>
+  /** The fixed Redis endpoint and the server it sends new connections to. */
+  redisEndpoint?: { port: number; pid: number | undefined; target: string; ok: boolean }
   sentinels: Array<{ name: string; port: number; pid: number | undefined; ok: boolean; master: string }>
 }
 
@@ -1702,16 +1897,19 @@ export async function startLab(options: LabOptions = {}): Promise<Lab> {
   const started = performance.now()
   const nodes = options.nodes ?? 3
   const sentinel = options.sentinel ?? false
-  const redis = (options.redis ?? true) || sentinel
+  const redisReplica = options.redisReplica ?? false
+  const redis = (options.redis ?? true) || sentinel || redisReplica
+  const redisCluster = options.redisCluster ?? false
   const synchronousMode = options.synchronousMode ?? false
   const failsafeMode = options.failsafeMode ?? false
   const readyTimeoutMs = options.readyTimeoutMs ?? 90_000
   const log = options.log ?? (() => {})
   if (!Number.isInteger(nodes) || nodes < 0 || nodes > 9)
     throw new Error(`nodes must be an integer 0..9, got ${nodes}`)
-  if (nodes === 0 && !redis) throw new Error('nothing to start: nodes is 0 and redis is false')
+  if (nodes === 0 && !redis && !redisCluster)
+    throw new Error('nothing to start: nodes is 0, redis and redisCluster are false')
 
-  ensurePackages(requirements({ nodes, redis, sentinel }), log)
+  ensurePackages(requirements({ nodes, redis, sentinel, redisCluster }), log)
   const runAs = nodes > 0 ? postgresUser() : undefined
 
   let baseDir: string
@@ -1812,7 +2010,7 @@ export async function startLab(options: LabOptions = {}): Promise<Lab> {
       state.members.push(member)
     }
     if (redis) {
-      const count = sentinel ? 2 : 1
+      const count = sentinel || redisReplica ? 2 : 1
       for (let i = 0; i < count; i++) {
         const name = `redis${i}`
         const dir = mkdir(join(baseDir, name), false)
@@ -1826,6 +2024,16 @@ export async function startLab(options: LabOptions = {}): Promise<Lab> {
       }
       state.redisPrimary = 'redis0'
     }
+    if (redisReplica) {
+      const dir = mkdir(join(baseDir, 'redis-endpoint'), false)
+      state.redisEndpoint = {
+        port: await ports.next(),
+        dir,
+        logPath: join(dir, 'endpoint.log'),
+        scriptPath: join(dir, 'endpoint.cjs'),
+      }
+    }
+    if (redisCluster) state.redisCluster = await RedisClusterPart.plan(baseDir, ports, (d) => mkdir(d, false))
     if (sentinel) {
       const sentinels = []
       for (let i = 0; i < 3; i++) {
@@ -1855,6 +2063,7 @@ export async function startLab(options: LabOptions = {}): Promise<Lab> {
     const remaining = () => Math.max(1000, readyTimeoutMs - (performance.now() - started))
     await lab.bootEtcd()
     await lab.bootRedis()
+    await lab.bootRedisCluster()
     if (nodes > 0) {
       await lab.waitForEtcd(remaining())
       log(`etcd ready (${elapsed()})`)
@@ -1863,6 +2072,14 @@ export async function startLab(options: LabOptions = {}): Promise<Lab> {
     if (redis) {
       await lab.waitForRedis(remaining())
       log(`redis ready (${elapsed()})`)
+    }
+    if (redisReplica) {
+      await lab.bootRedisEndpoint(remaining())
+      log(`redis endpoint ready (${elapsed()})`)
+    }
+    if (redisCluster) {
+      await lab.formRedisCluster(remaining())
+      log(`redis cluster ok (${elapsed()})`)
     }
     await lab.bootSentinels()
     if (nodes > 0) {
@@ -1882,34 +2099,4 @@ export async function startLab(options: LabOptions = {}): Promise<Lab> {
     await lab.down().catch(() => {})
     throw err
   }
-}
-
-/**
- * Dead is not yet closed: until the kernel has torn a killed server's listening socket down, a
- * connect can still land in the old backlog and be reset (ECONNRESET instead of ECONNREFUSED,
- * seen in CI for Redis and for Patroni's REST API). Resolves once every port refuses.
- */
-async function waitUntilRefused(what: string, ports: number[]): Promise<void> {
-  await waitFor(
-    `port(s) ${ports.join(', ')} of ${what} to refuse connections`,
-    async () => {
-      for (const port of ports) if (!(await portRefuses(port))) return undefined
-      return true
-    },
-    { timeoutMs: 5000, intervalMs: 20 },
-  )
-}
-
-/** True when a TCP connect to 127.0.0.1:port is refused (nothing listens there). */
-function portRefuses(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = connect({ host: HOST, port })
-    const done = (refused: boolean) => {
-      socket.destroy()
-      resolve(refused)
-    }
-    socket.setTimeout(500, () => done(false))
-    socket.once('connect', () => done(false))
-    socket.once('error', (err: NodeJS.ErrnoException) => done(err.code === 'ECONNREFUSED'))
-  })
 }

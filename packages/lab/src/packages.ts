@@ -11,7 +11,12 @@ export interface Requirement {
 }
 
 /** What a lab needs, for these options. */
-export function requirements(opts: { nodes: number; redis: boolean; sentinel: boolean }): Requirement[] {
+export function requirements(opts: {
+  nodes: number
+  redis: boolean
+  sentinel: boolean
+  redisCluster?: boolean
+}): Requirement[] {
   const out: Requirement[] = []
   if (opts.nodes > 0) {
     out.push(
@@ -22,7 +27,8 @@ export function requirements(opts: { nodes: number; redis: boolean; sentinel: bo
       { binary: `${PG_BIN_DIR}/pg_rewind`, pkg: 'postgresql-15' },
     )
   }
-  if (opts.redis || opts.sentinel) out.push({ binary: 'redis-server', pkg: 'redis-server' })
+  if (opts.redis || opts.sentinel || opts.redisCluster)
+    out.push({ binary: 'redis-server', pkg: 'redis-server' })
   if (opts.sentinel) out.push({ binary: 'redis-sentinel', pkg: 'redis-sentinel' })
   return out
 }

@@ -127,6 +127,8 @@ export function serverPids(state: LabState): { servers: number[]; patroni: numbe
     ...(state.etcd?.pid ? [state.etcd.pid] : []),
     ...state.redis.flatMap((r) => (r.pid ? [r.pid] : [])),
     ...(state.sentinel?.sentinels ?? []).flatMap((s) => (s.pid ? [s.pid] : [])),
+    ...(state.redisCluster?.nodes ?? []).flatMap((n) => (n.pid ? [n.pid] : [])),
+    ...(state.redisEndpoint?.pid ? [state.redisEndpoint.pid] : []),
   ]
   const postmasters = state.members.flatMap((m) => {
     const pm = readPostmasterPid(m.dataDir)
@@ -312,6 +314,8 @@ function cleanup() {
       ...(state.etcd ? [state.etcd.pid] : []),
       ...(state.redis || []).map((r) => r.pid),
       ...((state.sentinel && state.sentinel.sentinels) || []).map((s) => s.pid),
+      ...((state.redisCluster && state.redisCluster.nodes) || []).map((n) => n.pid),
+      ...(state.redisEndpoint ? [state.redisEndpoint.pid] : []),
     ].filter(Boolean)
     // A postmaster's children lead groups of their own: list them before it dies (a frozen
     // child would never notice its death).

@@ -28,6 +28,29 @@ export interface RedisNodeState {
   startedAsReplica: boolean
 }
 
+export interface RedisClusterNodeState {
+  name: string
+  port: number
+  /** Cluster bus port (`cluster-port`). */
+  busPort: number
+  dir: string
+  logPath: string
+  pid?: number
+  /** The role as of the lab's last look (boot, failover verbs); a node that is down keeps its last. */
+  role: 'master' | 'replica'
+  /** The node ID (CLUSTER MYID), known once the cluster is formed. */
+  id?: string
+}
+
+/** The fixed Redis endpoint (a TCP proxy to the current primary, like Memorystore's). */
+export interface RedisEndpointState {
+  port: number
+  dir: string
+  logPath: string
+  scriptPath: string
+  pid?: number
+}
+
 export interface SentinelState {
   name: string
   port: number
@@ -65,6 +88,10 @@ export interface LabState {
   /** Name of the Redis node believed to be the primary. */
   redisPrimary?: string
   sentinel?: { masterName: string; quorum: number; sentinels: SentinelState[] }
+  /** Redis Cluster (`redisCluster: true`). */
+  redisCluster?: { masters: number; nodeTimeoutMs: number; nodes: RedisClusterNodeState[] }
+  /** The fixed endpoint in front of the Redis primary (`redisReplica: true`). */
+  redisEndpoint?: RedisEndpointState
   watchdogPid?: number
   /** Every PID the lab has started (servers and watchdog), for tests and teardown. */
   startedPids: number[]

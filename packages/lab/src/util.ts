@@ -1,4 +1,5 @@
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs'
+import { connect } from 'node:net'
 
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
 
@@ -247,4 +248,34 @@ export function readPostmasterPid(
 
 export function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err)
+}
+
+/**
+ * Dead is not yet closed: until the kernel has torn a killed server's listening socket down, a
+ * connect can still land in the old backlog and be reset (ECONNRESET instead of ECONNREFUSED,
+ * seen in CI for Redis and for Patroni's REST API). Resolves once every port refuses.
+ */
+export async function waitUntilRefused(what: string, ports: number[]): Promise<void> {
+  await waitFor(
+    `port(s) ${ports.join(', ')} of ${what} to refuse connections`,
+    async () => {
+      for (const port of ports) if (!(await portRefuses(port))) return undefined
+      return true
+    },
+    { timeoutMs: 5000, intervalMs: 20 },
+  )
+}
+
+/** True when a TCP connect to 127.0.0.1:port is refused (nothing listens there). */
+export function portRefuses(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect({ host: '127.0.0.1', port })
+    const done = (refused: boolean) => {
+      socket.destroy()
+      resolve(refused)
+    }
+    socket.setTimeout(500, () => done(false))
+    socket.once('connect', () => done(false))
+    socket.once('error', (err: NodeJS.ErrnoException) => done(err.code === 'ECONNREFUSED'))
+  })
 }

@@ -143,6 +143,43 @@ describe('resilient-lab CLI', () => {
     expect(again.code).toBe(0)
   })
 
+  it('a Redis-only lab: up --redis-replica --redis-cluster, Redis chaos verbs, down', async () => {
+    const rdir = join(work, 'redis-lab')
+    const up = await run(
+      ['up', '--nodes', '0', '--redis-replica', '--redis-cluster', '--dir', rdir, '--json'],
+      work,
+    )
+    expect(up.code, up.stderr).toBe(0)
+    const info = JSON.parse(up.stdout)
+    expect(info.members).toEqual([])
+    expect(info.redisEndpoint.port).toBeGreaterThan(0)
+    expect(info.redisCluster.nodes).toHaveLength(6)
+    try {
+      const st = await run(['status', '--dir', rdir], work)
+      expect(st.code, st.stdout + st.stderr).toBe(0)
+      expect(st.stdout).toMatch(/cluster0\s+master\s+.*cluster_state:ok/)
+      expect(st.stdout).toMatch(/endpoint\s+ok\s+.*-> redis0/)
+      // The endpoint is a process of the lab: it works for a CLI lab, and follows a demotion.
+      const demote = await run(['chaos', 'demote-redis-primary', '--dir', rdir, '--json'], work)
+      expect(demote.code, demote.stderr).toBe(0)
+      expect(JSON.parse(demote.stdout)).toMatchObject({ demoted: 'redis0', promoted: 'redis1' })
+      expect(await redisCommand(info.redisEndpoint.port, ['SET', 'k', 'v'])).toBe('OK')
+      const fo = await run(['chaos', 'failover-redis-cluster', 'some-key', '--dir', rdir, '--json'], work)
+      expect(fo.code, fo.stderr).toBe(0)
+      const moved = JSON.parse(fo.stdout)
+      const after = JSON.parse((await run(['status', '--dir', rdir, '--json'], work)).stdout)
+      const roleOf = (name: string) => after.redisCluster.find((n: { name: string }) => n.name === name).role
+      expect([roleOf(moved.master), roleOf(moved.promoted)]).toEqual(['replica', 'master'])
+      expect(after.healthy).toBe(true)
+    } finally {
+      const pids = (JSON.parse(readFileSync(join(rdir, 'lab.json'), 'utf8')) as LabState).startedPids
+      const down = await run(['down', '--dir', rdir], work)
+      expect(down.code, down.stderr).toBe(0)
+      expect(pids.filter(isProcessAlive)).toEqual([])
+    }
+    expect(existsSync(rdir)).toBe(false)
+  })
+
   it('prints usage, and refuses bad options', async () => {
     const help = await run(['help'], work)
     expect(help.code).toBe(0)

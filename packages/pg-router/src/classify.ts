@@ -118,6 +118,12 @@ export function classifyError(err: unknown, ctx: ClassifyContext): Classificatio
       return result('not-sent', false, true, undefined, err.code)
     }
     switch (err.code) {
+      case 'E_ABORTED':
+        // The caller gave up. Once the statement may have reached the server its outcome is
+        // unknown (a COMMIT waiting for a sync standby has already committed locally).
+        return ctx.phase === 'query' && ctx.sent
+          ? result('outcome-unknown', false, true, undefined, err.code)
+          : result('client', false, lost, undefined, err.code)
       case 'E_TIMEOUT':
         // A connect that timed out is a sick member; a slow statement is not, but its connection is gone.
         return ctx.phase === 'connect'

@@ -27,6 +27,8 @@ export interface FailoverEvent {
 }
 
 interface Waiter {
+  /** A read waiting for the primary (fallback, a session) does not count against maxQueue. */
+  write: boolean
   resolve: (m: Member) => void
   reject: (err: Error) => void
   timer: NodeJS.Timeout
@@ -47,6 +49,8 @@ export class WriterGate {
   #previous: string | null = null
   #discoveredAt: number | null = null
   #waiters = new Set<Waiter>()
+  /** Writes among #waiters. */
+  #writes = 0
   #pending: { event: FailoverEvent; confirmedAt: number; timer: NodeJS.Timeout } | null = null
   #closedError: Error | null = null
   failovers = 0
@@ -64,8 +68,9 @@ export class WriterGate {
     return this.#suspectedAt
   }
 
+  /** Writes waiting for a writer (reads waiting for the primary are not counted). */
   get queueLength(): number {
-    return this.#waiters.size
+    return this.#writes
   }
 
   /** Discovery named `name` as primary (first time since the suspicion). */
@@ -118,6 +123,7 @@ export class WriterGate {
     this.#discoveredAt = null
     const waiters = [...this.#waiters]
     this.#waiters.clear()
+    this.#writes = 0
     for (const w of waiters) {
       clearTimeout(w.timer)
       w.signal?.removeEventListener('abort', w.onAbort)
@@ -144,42 +150,57 @@ export class WriterGate {
     this.emitFailover(p.event)
   }
 
-  /** The writer, waiting for one until `deadline` (performance.now() scale). */
-  wait(signal: AbortSignal | undefined, deadline: number): Promise<Member> {
+  /**
+   * The writer, waiting for one until `deadline` (performance.now() scale). At most `maxQueue`
+   * writes wait at once: one more is refused at once with E_LIMIT (reason 'queue-full'); reads
+   * waiting for the primary do not take places in that queue.
+   */
+  wait(signal: AbortSignal | undefined, deadline: number, kind: 'read' | 'write' = 'write'): Promise<Member> {
     if (this.#closedError) return Promise.reject(this.#closedError)
-    if (signal?.aborted) return Promise.reject(abortError(signal, 'write'))
+    if (signal?.aborted) return Promise.reject(abortError(signal, kind))
     if (this.#writer) return Promise.resolve(this.#writer)
     const remaining = deadline - performance.now()
-    if (remaining <= 0) return Promise.reject(this.#timeoutError('deadline'))
-    if (this.#waiters.size >= this.maxQueue) return Promise.reject(this.#timeoutError('queue-full'))
+    if (remaining <= 0) return Promise.reject(this.#timeoutError())
+    const write = kind === 'write'
+    if (write && this.#writes >= this.maxQueue) return Promise.reject(this.#queueFullError())
     return new Promise<Member>((resolve, reject) => {
+      const leave = () => {
+        if (this.#waiters.delete(w) && write) this.#writes--
+      }
       const w: Waiter = {
+        write,
         resolve,
         reject,
         signal,
         timer: setTimeout(() => {
-          this.#waiters.delete(w)
+          leave()
           signal?.removeEventListener('abort', w.onAbort)
-          reject(this.#timeoutError('deadline'))
+          reject(this.#timeoutError())
         }, remaining),
         onAbort: () => {
-          this.#waiters.delete(w)
+          leave()
           clearTimeout(w.timer)
-          reject(abortError(signal!, 'write'))
+          reject(abortError(signal!, kind))
         },
       }
       signal?.addEventListener('abort', w.onAbort, { once: true })
       this.#waiters.add(w)
+      if (write) this.#writes++
     })
   }
 
-  #timeoutError(reason: 'deadline' | 'queue-full'): ResilientError {
+  #timeoutError(): ResilientError {
+    return new ResilientError('E_FAILOVER_TIMEOUT', 'no confirmed primary before the failover timeout', {
+      details: { reason: 'deadline', previous: this.#previous },
+    })
+  }
+
+  /** Not a timeout: the router sheds load at once (nothing was sent). */
+  #queueFullError(): ResilientError {
     return new ResilientError(
-      'E_FAILOVER_TIMEOUT',
-      reason === 'queue-full'
-        ? `no confirmed primary and ${this.maxQueue} writes are already waiting`
-        : 'no confirmed primary before the failover timeout',
-      { details: { reason, previous: this.#previous }, noStack: reason === 'queue-full' },
+      'E_LIMIT',
+      `no confirmed primary and failover.maxQueue (${this.maxQueue}) writes are already waiting for one`,
+      { details: { reason: 'queue-full', maxQueue: this.maxQueue, previous: this.#previous }, noStack: true },
     )
   }
 
@@ -188,6 +209,7 @@ export class WriterGate {
     this.flushPending()
     const waiters = [...this.#waiters]
     this.#waiters.clear()
+    this.#writes = 0
     for (const w of waiters) {
       clearTimeout(w.timer)
       w.signal?.removeEventListener('abort', w.onAbort)

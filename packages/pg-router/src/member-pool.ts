@@ -1,3 +1,4 @@
+import * as net from 'node:net'
 import { abortError, ResilientError } from '@resilient/core'
 import pg from 'pg'
 import { drainedError, errorCodeOf, roleMismatchError } from './classify.js'
@@ -42,9 +43,10 @@ function onClientError(this: InfoHolder): void {
 
 /**
  * Statement deadlines without a timer per statement: a lease with a statement in flight is
- * in `inflight` (its `deadlineAt` set), and one coarse interval, running only while the list
- * is non-empty, expires the overdue ones. Expiring destroys the connection's socket: pg
- * rejects the pending query at once and the caller gets E_TIMEOUT.
+ * in `inflight` (its `deadlineAt` the earliest deadline of its statements), and one coarse
+ * interval, running only while some lease has a deadline, expires the overdue ones. Expiring
+ * abandons the connection (see Lease): every statement on it fails at once with E_TIMEOUT,
+ * the server is sent a CancelRequest for what it runs, then the socket is destroyed.
  *
  * The interval's tick is a twentieth of the shortest timeout in flight, between 5 ms and
  * 1 s: a deadline fires at most 5% late (the default 30 s one at most 1 s late, a 100 ms one
@@ -61,6 +63,7 @@ export function deadlineTickMs(timeoutMs: number): number {
 /**
  * The leases with a statement in flight, in a plain array: each knows its own index (`slot`),
  * so adding and removing are a store and a swap with the last one, no hashing and no allocation.
+ * Leases whose statements have no deadline are listed too (abandonMember() finds them here).
  */
 const inflight: Lease[] = []
 let deadlineTimer: NodeJS.Timeout | undefined
@@ -78,33 +81,35 @@ function arm(timeoutMs: number): void {
   deadlineTimer.unref()
 }
 
+function disarm(): void {
+  clearInterval(deadlineTimer)
+  deadlineTimer = undefined
+  armedForMs = 0
+  tickMs = 0
+}
+
 function sweepDeadlines(): void {
   const now = performance.now()
   let shortest = Number.POSITIVE_INFINITY
   for (let i = inflight.length - 1; i >= 0; i--) {
     const lease = inflight[i] as Lease
     if (lease.deadlineAt <= now) {
-      unwatch(lease)
       lease.expire()
-    } else if (lease.timeoutMs < shortest) {
+    } else if (lease.timeoutMs > 0 && lease.timeoutMs < shortest) {
       shortest = lease.timeoutMs
     }
   }
-  if (inflight.length === 0) {
-    clearInterval(deadlineTimer)
-    deadlineTimer = undefined
-    armedForMs = 0
-    tickMs = 0
-  } else if (shortest > armedForMs) {
-    arm(shortest) // the statement that needed the finer tick has settled
-  }
+  if (shortest === Number.POSITIVE_INFINITY) disarm()
+  else if (shortest > armedForMs) arm(shortest) // the statement that needed the finer tick has settled
 }
 
 function watch(lease: Lease): void {
-  if (lease.slot !== -1) return
-  lease.slot = inflight.length
-  inflight.push(lease)
-  if (deadlineTimer === undefined || lease.timeoutMs < armedForMs) arm(lease.timeoutMs)
+  if (lease.slot === -1) {
+    lease.slot = inflight.length
+    inflight.push(lease)
+  }
+  const ms = lease.timeoutMs
+  if (ms > 0 && (deadlineTimer === undefined || ms < armedForMs)) arm(ms)
 }
 
 function unwatch(lease: Lease): void {
@@ -118,11 +123,31 @@ function unwatch(lease: Lease): void {
   }
 }
 
+/**
+ * Abandons every lease of `pool` (generation `generation` or older) with a statement in flight:
+ * each statement fails at once with `err(lease)`, the server is asked to cancel, the sockets
+ * are cut. For a member that stopped answering: its callers must not wait for their deadline.
+ * Returns how many leases were abandoned.
+ */
+export function abandonMember(pool: MemberPool, generation: number, err: (lease: Lease) => unknown): number {
+  let n = 0
+  for (let i = inflight.length - 1; i >= 0; i--) {
+    const lease = inflight[i] as Lease
+    if (lease.member === pool && lease.generation <= generation) {
+      lease.abandon('unresponsive', err(lease))
+      n++
+    }
+  }
+  return n
+}
+
 /** The parts of pg's client state we read (pg-pool reads the same two fields). */
 interface PgClientState {
   _queryable?: boolean
   _ending?: boolean
   _ended?: boolean
+  processID?: number | null
+  secretKey?: number | null
   getTransactionStatus?: () => string | null
   connection?: { stream?: { destroy?: () => void } }
 }
@@ -137,6 +162,48 @@ function destroyConnection(client: pg.PoolClient): void {
   const stream = (client as unknown as PgClientState).connection?.stream
   if (stream && typeof stream.destroy === 'function') stream.destroy()
   else (client as unknown as pg.Client).end().catch(() => {})
+}
+
+/** CancelRequest code (protocol): 1234 << 16 | 5678. */
+const CANCEL_REQUEST_CODE = 80877102
+
+/**
+ * Sends a protocol CancelRequest for backend `pid` (with its secret key) on a new connection
+ * to `host`:`port`, and resolves once the request was handed to the kernel, or the connection
+ * failed, or `boundMs` passed: never waits for the server's answer (there is none: a server
+ * closes the connection once it has acted on it, and a frozen one never does). Never rejects.
+ */
+export function sendCancel(
+  host: string,
+  port: number,
+  pid: number,
+  key: number,
+  boundMs: number,
+): Promise<void> {
+  return new Promise((resolve) => {
+    let done = false
+    const sock = host.startsWith('/')
+      ? net.connect({ path: `${host}/.s.PGSQL.${port}` })
+      : net.connect({ host, port })
+    const finish = () => {
+      if (done) return
+      done = true
+      clearTimeout(timer)
+      sock.destroy()
+      resolve()
+    }
+    const timer = setTimeout(finish, boundMs)
+    timer.unref()
+    sock.on('error', finish)
+    sock.on('connect', () => {
+      const packet = Buffer.allocUnsafe(16)
+      packet.writeInt32BE(16, 0)
+      packet.writeInt32BE(CANCEL_REQUEST_CODE, 4)
+      packet.writeInt32BE(pid, 8)
+      packet.writeInt32BE(key, 12)
+      sock.end(packet, finish)
+    })
+  })
 }
 
 export interface MemberPoolConfig {
@@ -168,19 +235,52 @@ export interface MemberPoolStats {
 
 const NO_INFO: ClientInfo = Object.freeze({ inRecovery: true, checked: false, broken: false, generation: -1 })
 
-/** A checked-out connection. Release it exactly once. */
+type StatementCallback = (err: unknown, result?: pg.QueryResult<any>) => void
+
+/** One statement handed to pg on a lease: its own deadline, and whom to tell. Kept in a FIFO list (pg answers in order). */
+class InFlight {
+  next: InFlight | null = null
+  done = false
+  constructor(
+    /** performance.now() deadline; Infinity: none. */
+    readonly at: number,
+    /** Its bound in ms; 0: none. */
+    readonly ms: number,
+    readonly cb: StatementCallback,
+  ) {}
+}
+
+/** Why a lease's connection was given up with statements in flight. */
+export type AbandonReason = 'timeout' | 'abort' | 'unresponsive' | 'released'
+
+/**
+ * A checked-out connection. Release it exactly once.
+ *
+ * Every statement keeps its own deadline (statements queued on one connection, e.g. a
+ * `Promise.all` inside a transaction, each count from their own start). When one passes it,
+ * when the caller's signal aborts, or when the member is found unresponsive, the connection is
+ * abandoned: every statement on it fails at once (E_TIMEOUT, E_ABORTED, ...), a protocol
+ * CancelRequest (the backend's pid and secret key) asks the server to stop what it runs, and
+ * only then is the socket destroyed and the client handed back to pg-pool, which drops it.
+ * The cancel is bounded (monitor.probeTimeoutMs): to a frozen server it is never answered.
+ */
 export class Lease {
-  /** The statement was handed to a healthy connection (it may have reached the server). */
+  /** The last statement was handed to a healthy connection (it may have reached the server). */
   sent = false
-  /** The statement in flight passed its deadline: the connection was cut. */
+  /** A statement passed its deadline: the connection was abandoned. */
   timedOut = false
-  /** performance.now() by which the statement in flight must settle; 0: none in flight. */
-  deadlineAt = 0
-  /** Index in the in-flight list while a deadline is armed; -1: not in it. */
+  /** The earliest deadline (performance.now()) of the statements in flight; Infinity: none. */
+  deadlineAt = Number.POSITIVE_INFINITY
+  /** Index in the in-flight list while a statement is in flight; -1: not in it. */
   slot = -1
-  #timeoutMs = 0
+  /** The smallest bound (ms) of the statements in flight with one; 0: none. */
+  timeoutMs = 0
+  #head: InFlight | null = null
+  #tail: InFlight | null = null
   #released = false
-  #aborted = false
+  #abandoned: AbandonReason | null = null
+  /** The cancel-then-destroy of an abandoned connection, while it runs. */
+  #cutting: Promise<void> | null = null
   readonly #info: ClientInfo
   /** pg-pool's release for this checkout (the facade replaces `client.release` with ours). */
   readonly #poolRelease: (err?: Error | boolean) => void
@@ -202,47 +302,28 @@ export class Lease {
     return this.#info.inRecovery
   }
 
-  /** The connection died (socket error), or a statement on it was abandoned (timeout, abort). */
+  /** Why the connection was abandoned with statements in flight; null: it was not. */
+  get abandoned(): AbandonReason | null {
+    return this.#abandoned
+  }
+
+  /** The connection died (socket error), or it was abandoned (timeout, abort, unresponsive member). */
   get broken(): boolean {
-    return this.#info.broken || this.#aborted || this.timedOut
+    return this.#info.broken || this.#abandoned !== null
   }
 
   get lost(): boolean {
     return this.broken || connectionLost(this.client)
   }
 
-  /** The bound of the statement in flight (or the last one), in ms; 0: none. */
-  get timeoutMs(): number {
-    return this.#timeoutMs
-  }
-
-  /** A statement is about to be handed to pg: it counts as sent unless the connection is gone; `timeoutMs` > 0 arms its deadline. */
-  #begin(timeoutMs: number): void {
-    this.sent = !connectionLost(this.client)
-    if (timeoutMs > 0) {
-      this.#timeoutMs = timeoutMs
-      this.deadlineAt = performance.now() + timeoutMs
-      watch(this)
-    }
+  /** Whether statements are in flight on this connection. */
+  get busy(): boolean {
+    return this.#head !== null
   }
 
   /**
-   * Starts one statement and returns pg's own promise (no wrapper); `timeoutMs` > 0 arms the
-   * coarse deadline. Call `settled()` once it settled, and map a rejection with
-   * `failure(err)`. `query()` does all of that.
-   */
-  start<R extends pg.QueryResultRow = any>(
-    text: string | pg.QueryConfig,
-    values: unknown[] | undefined,
-    timeoutMs: number,
-  ): Promise<pg.QueryResult<R>> {
-    this.#begin(timeoutMs)
-    return this.client.query<R>(text as pg.QueryConfig, values as unknown[])
-  }
-
-  /**
-   * `start()` in pg's callback form (no promise at all): `cb` gets the result, or the error
-   * as the caller should see it (`failure(err)`), with the deadline already disarmed.
+   * Hands one statement to pg, bounded by `timeoutMs` (> 0), in pg's callback form: `cb` gets
+   * the result, or the error as the caller should see it, exactly once.
    */
   startCb<R extends pg.QueryResultRow = any>(
     text: string | pg.QueryConfig,
@@ -250,111 +331,190 @@ export class Lease {
     timeoutMs: number,
     cb: (err: unknown, result?: pg.QueryResult<R>) => void,
   ): void {
-    this.#begin(timeoutMs)
-    const done = (err: Error | null, r: pg.QueryResult<R>) => {
-      this.settled()
-      if (err) cb(this.failure(err))
-      else cb(null, r)
+    if (this.#abandoned !== null) {
+      this.sent = false
+      cb(this.#abandonedError())
+      return
     }
+    this.sent = !connectionLost(this.client)
+    const s = new InFlight(
+      timeoutMs > 0 ? performance.now() + timeoutMs : Number.POSITIVE_INFINITY,
+      timeoutMs,
+      cb,
+    )
+    this.#push(s)
     try {
-      ;(this.client as unknown as { query: (t: unknown, v: unknown, cb: typeof done) => void }).query(
+      ;(this.client as unknown as { query: (t: unknown, v: unknown, cb: StatementCallback) => void }).query(
         text,
         values,
-        done,
+        (err, r) => this.#settle(s, err, r),
       )
     } catch (err) {
-      this.settled()
-      cb(err)
+      this.#settle(s, err, undefined)
     }
   }
 
-  /** The statement settled: disarm its deadline. */
-  settled(): void {
-    if (this.deadlineAt !== 0) {
-      this.deadlineAt = 0
-      unwatch(this)
-    }
-  }
-
-  /** What the caller sees for a failed statement: E_TIMEOUT when the deadline cut it, else pg's error. */
-  failure(err: unknown): unknown {
-    if (!this.timedOut) return err
-    return new ResilientError(
-      'E_TIMEOUT',
-      `query on ${this.member.name} timed out after ${this.#timeoutMs} ms`,
-      { cause: err, details: { member: this.member.name, timeoutMs: this.#timeoutMs } },
-    )
-  }
-
-  /** Called by the deadline sweep. */
-  expire(): void {
-    this.deadlineAt = 0
-    this.timedOut = true
-    destroyConnection(this.client)
-  }
-
-  /** Runs one statement, bounded by `timeoutMs` and the signal; on either the connection is marked for destruction. */
-  async query<R extends pg.QueryResultRow = any>(
+  /** Runs one statement, bounded by `timeoutMs` (0: none) and the signal. */
+  query<R extends pg.QueryResultRow = any>(
     text: string | pg.QueryConfig,
     values: unknown[] | undefined,
     timeoutMs: number,
     signal?: AbortSignal | undefined,
   ): Promise<pg.QueryResult<R>> {
     if (signal?.aborted) {
-      this.#aborted = true
-      throw abortError(signal, 'query')
+      this.sent = false // nothing of this statement left us
+      return Promise.reject(abortError(signal, 'query'))
     }
-    const p = this.start<R>(text, values, timeoutMs)
-    try {
-      return await (signal ? this.#withSignal(p, signal) : p)
-    } catch (err) {
-      throw this.failure(err)
-    } finally {
-      this.settled()
+    return new Promise<pg.QueryResult<R>>((resolve, reject) => {
+      let settled = false
+      const onAbort = signal ? () => this.abandon('abort', abortError(signal, 'query')) : undefined
+      this.startCb<R>(text, values, timeoutMs, (err, r) => {
+        settled = true
+        if (onAbort) signal?.removeEventListener('abort', onAbort)
+        if (err) reject(err)
+        else resolve(r as pg.QueryResult<R>)
+      })
+      if (onAbort && !settled) signal?.addEventListener('abort', onAbort, { once: true })
+    })
+  }
+
+  #push(s: InFlight): void {
+    if (this.#tail === null) this.#head = s
+    else this.#tail.next = s
+    this.#tail = s
+    if (s.at < this.deadlineAt) this.deadlineAt = s.at
+    if (s.ms > 0 && (this.timeoutMs === 0 || s.ms < this.timeoutMs)) this.timeoutMs = s.ms
+    watch(this)
+  }
+
+  /** pg answered statement `s` (in order); ignored once the lease was abandoned. */
+  #settle(s: InFlight, err: unknown, r: pg.QueryResult<any> | undefined): void {
+    if (s.done) return
+    s.done = true
+    this.#remove(s)
+    if (err) s.cb(err)
+    else s.cb(null, r)
+  }
+
+  #remove(s: InFlight): void {
+    let prev: InFlight | null = null
+    let cur = this.#head
+    while (cur !== null && cur !== s) {
+      prev = cur
+      cur = cur.next
+    }
+    if (cur === null) return
+    if (prev === null) this.#head = s.next
+    else prev.next = s.next
+    if (this.#tail === s) this.#tail = prev
+    s.next = null
+    if (this.#head === null) {
+      this.deadlineAt = Number.POSITIVE_INFINITY
+      this.timeoutMs = 0
+      unwatch(this)
+      return
+    }
+    let at = Number.POSITIVE_INFINITY
+    let ms = 0
+    for (let c: InFlight | null = this.#head; c !== null; c = c.next) {
+      if (c.at < at) at = c.at
+      if (c.ms > 0 && (ms === 0 || c.ms < ms)) ms = c.ms
+    }
+    this.deadlineAt = at
+    this.timeoutMs = ms
+  }
+
+  /** Called by the deadline sweep: the earliest statement passed its deadline. */
+  expire(): void {
+    let ms = 0
+    for (let c = this.#head; c !== null; c = c.next) if (c.at === this.deadlineAt) ms = c.ms
+    this.timedOut = true
+    this.abandon(
+      'timeout',
+      new ResilientError('E_TIMEOUT', `query on ${this.member.name} timed out after ${ms} ms`, {
+        details: { member: this.member.name, timeoutMs: ms },
+      }),
+    )
+  }
+
+  /**
+   * Gives the connection up: every statement in flight fails now with `err`, then the server is
+   * asked to cancel (bounded) and the socket is destroyed. A no-op when nothing is in flight
+   * or it was already abandoned.
+   */
+  abandon(reason: AbandonReason, err: unknown): void {
+    if (this.#abandoned !== null || this.#head === null) return
+    this.#abandoned = reason
+    this.#cutting = this.#cut()
+    let s: InFlight | null = this.#head
+    this.#head = null
+    this.#tail = null
+    this.deadlineAt = Number.POSITIVE_INFINITY
+    this.timeoutMs = 0
+    unwatch(this)
+    while (s !== null) {
+      const next: InFlight | null = s.next
+      s.next = null
+      s.done = true
+      s.cb(err)
+      s = next
     }
   }
 
-  /** Rejects at once when `signal` aborts (the connection is then abandoned: destroyed on release). */
-  #withSignal<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
-    return new Promise<T>((resolve, reject) => {
-      let done = false
-      const onAbort = () => {
-        if (done) return
-        done = true
-        this.#aborted = true
-        reject(abortError(signal, 'query'))
-      }
-      signal.addEventListener('abort', onAbort, { once: true })
-      p.then(
-        (r) => {
-          if (done) return
-          done = true
-          signal.removeEventListener('abort', onAbort)
-          resolve(r)
-        },
-        (err) => {
-          if (done) return
-          done = true
-          signal.removeEventListener('abort', onAbort)
-          reject(err)
-        },
-      )
+  /** Cancel on the server (when pg knows the backend's key), then destroy the socket. */
+  async #cut(): Promise<void> {
+    const c = this.client as unknown as PgClientState
+    const pid = c.processID
+    const key = c.secretKey
+    if (typeof pid === 'number' && typeof key === 'number' && !connectionLost(this.client)) {
+      await sendCancel(this.member.host, this.member.port, pid, key, this.member.cancelBoundMs)
+    }
+    destroyConnection(this.client)
+  }
+
+  #abandonedError(): ResilientError {
+    return new ResilientError('E_NO_PRIMARY', `the connection to ${this.member.name} was abandoned`, {
+      details: { member: this.member.name, reason: 'abandoned' },
+      noStack: true,
     })
   }
 
   /**
    * Back to the pool, or destroyed when `destroy` is set, the connection broke, or it is not
-   * idle (an open or failed transaction must never be handed to the next caller).
+   * idle (an open or failed transaction must never be handed to the next caller). Statements
+   * still in flight are abandoned (cancelled on the server) first.
    */
   release(destroy?: boolean | Error): void {
     if (this.#released) return
     this.#released = true
-    this.settled()
+    if (this.#head !== null) {
+      this.abandon(
+        'released',
+        new ResilientError(
+          'E_ABORTED',
+          `the connection to ${this.member.name} was released while the statement ran`,
+          {
+            details: { member: this.member.name },
+            noStack: true,
+          },
+        ),
+      )
+    }
     const status = (this.client as unknown as PgClientState).getTransactionStatus?.()
     const bad = Boolean(destroy) || this.lost || (status != null && status !== 'I')
     if (bad) this.member.countDiscard()
+    const arg = bad ? (destroy instanceof Error ? destroy : true) : undefined
+    if (this.#cutting !== null) {
+      // the pool drops the client (and ends its socket) only after the cancel went out
+      void this.#cutting.then(() => this.#releaseToPool(arg))
+      return
+    }
+    this.#releaseToPool(arg)
+  }
+
+  #releaseToPool(arg: Error | boolean | undefined): void {
     try {
-      this.#poolRelease.call(this.client, bad ? (destroy instanceof Error ? destroy : true) : undefined)
+      this.#poolRelease.call(this.client, arg)
     } catch {
       // double release from a user's client: already back in the pool
     }
@@ -386,6 +546,11 @@ export class MemberPool {
 
   get generation(): number {
     return this.#generation
+  }
+
+  /** How long a CancelRequest to this member may take (monitor.probeTimeoutMs). */
+  get cancelBoundMs(): number {
+    return this.#config.probeTimeoutMs
   }
 
   get closed(): boolean {

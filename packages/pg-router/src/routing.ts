@@ -1,7 +1,7 @@
 import { abortError, publish, ResilientError, sleep } from '@resilient/core'
 import { channels } from './channels.js'
-import { classifyError } from './classify.js'
-import { backoff, closedError, type RouterContext, timedOut } from './context.js'
+import { type Classification, classifyError } from './classify.js'
+import { backoff, closedError, overloadBackoff, type RouterContext, timedOut } from './context.js'
 import type { Lease } from './member-pool.js'
 import type { WalPosition } from './session.js'
 import { isEligible, type Member, parseLsn, timelineOfWalFile } from './topology.js'
@@ -15,6 +15,11 @@ export const PRIMARY_ONLY: WalPosition = Object.freeze({ lsn: (1n << 64n) - 1n, 
  * returns, and a position before it would let a replica that lacks the write serve the session.
  */
 const CAPTURE_SQL = 'SELECT l::text AS lsn, pg_walfile_name(l) AS f FROM pg_current_wal_insert_lsn() AS l'
+
+/** The server refused the connection for too many clients: busy, not failing over. */
+function isOverload(c: Classification): boolean {
+  return c.sqlState === '53300' || c.sqlState === '53400'
+}
 
 /**
  * Where a statement goes, and a connection there: the confirmed writer (waiting for one
@@ -121,6 +126,9 @@ export class Routing {
   ): Promise<{ lease: Lease; member: Member }> {
     const { opts, gate } = this.#ctx
     let lastErr: unknown
+    /** A member refused a connection for too many clients (53300/53400): waits grow exponentially. */
+    let overloaded = false
+    let overloads = 0
     for (let attempt = 1; ; attempt++) {
       if (this.#ctx.closed) throw closedError()
       if (signal?.aborted) throw abortError(signal, 'read')
@@ -134,18 +142,18 @@ export class Routing {
       if (!member) {
         if (opts.replicas.fallbackToPrimary || min !== null) {
           try {
-            member = await gate.wait(signal, deadline)
+            member = await gate.wait(signal, deadline, 'read')
           } catch (err) {
             throw timedOut(err, lastErr)
           }
           // the primary failed us too: give the replicas another chance first
           if (tried.has(member.name)) {
             tried.clear()
-            await backoff(attempt, signal)
+            await (overloaded ? overloadBackoff(overloads++, signal) : backoff(attempt, signal))
           }
         } else if (tried.size > 0 && performance.now() < deadline) {
           tried.clear()
-          await backoff(attempt + 2, signal)
+          await (overloaded ? overloadBackoff(overloads++, signal) : backoff(attempt + 2, signal))
           continue
         } else {
           throw new ResilientError(
@@ -158,9 +166,10 @@ export class Routing {
       try {
         return { lease: await member.pool.acquire('read', signal), member }
       } catch (err) {
-        this.connectFailed('read', member, err, attempt, tried, signal)
+        const c = this.connectFailed('read', member, err, attempt, tried, signal)
         lastErr = err
         if (performance.now() >= deadline) throw err
+        if (isOverload(c)) overloaded = true
       }
     }
   }
@@ -169,15 +178,17 @@ export class Routing {
   async acquireWriter(
     signal: AbortSignal | undefined,
     deadline: number,
+    kind: 'read' | 'write' = 'write',
   ): Promise<{ lease: Lease; member: Member }> {
     const gate = this.#ctx.gate
     let lastErr: unknown
+    let overloads = 0
     for (let attempt = 1; ; attempt++) {
       if (this.#ctx.closed) throw closedError()
       let member = gate.writer
       if (member === null || signal?.aborted) {
         try {
-          member = await gate.wait(signal, deadline)
+          member = await gate.wait(signal, deadline, kind)
         } catch (err) {
           throw timedOut(err, lastErr)
         }
@@ -185,7 +196,7 @@ export class Routing {
       try {
         return { lease: await member.pool.acquire('write', signal), member }
       } catch (err) {
-        this.connectFailed('write', member, err, attempt, null, signal)
+        const c = this.connectFailed('write', member, err, attempt, null, signal)
         lastErr = err
         if (performance.now() >= deadline) {
           throw new ResilientError(
@@ -196,7 +207,7 @@ export class Routing {
             },
           )
         }
-        await backoff(attempt, signal)
+        await (isOverload(c) ? overloadBackoff(overloads++, signal) : backoff(attempt, signal))
       }
     }
   }
@@ -212,7 +223,7 @@ export class Routing {
     attempt: number,
     tried: Set<string> | null,
     signal: AbortSignal | undefined,
-  ): void {
+  ): Classification {
     if (signal?.aborted) throw abortError(signal, kind)
     const c = classifyError(err, { phase: 'connect', sent: false, connectionLost: true })
     // a role check that found a replica (demoted) sends a write back to wait for the primary
@@ -221,6 +232,7 @@ export class Routing {
     tried?.add(member.name)
     this.#ctx.retries[kind]++
     publish(channels.retry, { kind, member: member.name, errorClass: c.class, attempt })
+    return c
   }
 
   /** The primary's WAL position right after a write, on the same connection; PRIMARY_ONLY when unknown. */

@@ -171,6 +171,13 @@ export class Statements {
       return
     }
     const c = classifyError(err, { phase: 'query', sent: lease.sent, connectionLost: lease.lost })
+    if (c.sqlState === '25006' && !lease.lost && !lease.inRecovery && (await this.#stillPrimary(lease))) {
+      // This very connection still says pg_is_in_recovery() = false: the database refuses the
+      // write itself (default_transaction_read_only, a maintenance freeze). Its answer, at once:
+      // no retry, no suspicion, no drain.
+      lease.release()
+      throw err
+    }
     lease.release(c.discardConnection)
     if (kind === 'read') {
       // 25006 from a replica (or any connection known to be in recovery): the caller sent a
@@ -188,7 +195,11 @@ export class Statements {
       if (!retryable) throw err
     } else {
       monitor.reportFailure(member, lease.generation, c)
-      if (signal?.aborted) throw err
+      if (signal?.aborted) {
+        // the caller gave up: never retried; once sent, never "not executed"
+        if (c.class === 'outcome-unknown') throw commitUnknown(err, member.name, null, c)
+        throw err
+      }
       if (!mayRetry(c.class, st.options?.idempotent === true ? 'idempotent-write' : 'write')) {
         if (c.class === 'outcome-unknown') throw commitUnknown(err, member.name, null, c)
         throw err
@@ -199,6 +210,20 @@ export class Statements {
     if (kind === 'read') st.triedSet().add(member.name)
     this.#ctx.retries[kind]++
     publish(channels.retry, { kind, member: member.name, errorClass: c.class, attempt: st.attempt })
+  }
+
+  /** Asks the connection itself whether it is still a primary (bounded by monitor.probeTimeoutMs); false when it cannot tell. */
+  async #stillPrimary(lease: Lease): Promise<boolean> {
+    try {
+      const r = await lease.query<{ r: boolean }>(
+        'SELECT pg_is_in_recovery() AS r',
+        undefined,
+        this.#ctx.opts.monitor.probeTimeoutMs,
+      )
+      return r.rows[0]?.r === false
+    } catch {
+      return false
+    }
   }
 
   /** A failure that would have been retried, past failover.timeoutMs: typed, never a raw connection error. */

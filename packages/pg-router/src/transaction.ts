@@ -6,6 +6,7 @@ import {
   publish,
   ResilientError,
 } from '@resilient/core'
+import type { QueryResultRow } from 'pg'
 import { channels } from './channels.js'
 import {
   classifyError,
@@ -36,12 +37,16 @@ const ISOLATION_LEVELS: readonly IsolationLevel[] = ['read committed', 'repeatab
 /** `transaction(fn, { retry: true })` runs fn at most this many times. */
 const MAX_TRANSACTION_RUNS = 3
 
-function checkTransactionOptions(options: TransactionOptions | undefined): {
+interface TransactionPlan {
   readOnly: boolean
+  /** Runs on the primary: every read-write transaction, and SERIALIZABLE READ ONLY (a hot standby cannot run serializable). */
+  onPrimary: boolean
   begin: string
   retry: boolean
-} {
-  if (options === undefined) return { readOnly: false, begin: 'BEGIN', retry: false }
+}
+
+function checkTransactionOptions(options: TransactionOptions | undefined): TransactionPlan {
+  if (options === undefined) return { readOnly: false, onPrimary: true, begin: 'BEGIN', retry: false }
   const o = checkObject(options, 'transaction options')
   checkKnownKeys(o, 'transaction', ['readOnly', 'isolationLevel', 'signal', 'retry'])
   const readOnly = o.readOnly === undefined ? false : checkBoolean(o.readOnly, 'transaction.readOnly')
@@ -53,7 +58,7 @@ function checkTransactionOptions(options: TransactionOptions | undefined): {
   let begin = 'BEGIN'
   if (iso) begin += ` ISOLATION LEVEL ${iso.toUpperCase()}`
   if (readOnly) begin += ' READ ONLY'
-  return { readOnly, begin, retry }
+  return { readOnly, onPrimary: !readOnly || iso === 'serializable', begin, retry }
 }
 
 /**
@@ -84,16 +89,16 @@ export class Transactions {
     const ctx = this.#ctx
     if (ctx.closed) throw closedError()
     if (typeof fn !== 'function') throw new TypeError('transaction(fn): fn must be a function')
-    const { readOnly, begin, retry } = checkTransactionOptions(options)
+    const plan = checkTransactionOptions(options)
     const signal = options?.signal
     const deadline = performance.now() + ctx.opts.failover.timeoutMs
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.#once(fn, readOnly, begin, signal, deadline, min, onLsn)
+        return await this.#once(fn, plan, signal, deadline, min, onLsn)
       } catch (err) {
         // Re-run fn only when asked, only when it certainly did not commit, and within the deadline.
         if (
-          !retry ||
+          !plan.retry ||
           !isNotCommitted(err) ||
           signal?.aborted ||
           attempt >= MAX_TRANSACTION_RUNS ||
@@ -169,8 +174,7 @@ export class Transactions {
 
   /** BEGIN on a connection, retried (on another connection) while nothing of the caller's has run. */
   async #begin(
-    readOnly: boolean,
-    begin: string,
+    plan: TransactionPlan,
     signal: AbortSignal | undefined,
     deadline: number,
     min: WalPosition | null,
@@ -178,12 +182,12 @@ export class Transactions {
     const { monitor, opts } = this.#ctx
     const tried = new Set<string>()
     for (let attempt = 1; ; attempt++) {
-      const got = readOnly
-        ? await this.#routing.acquireReader(signal, deadline, min, tried)
-        : await this.#routing.acquireWriter(signal, deadline)
+      const got = plan.onPrimary
+        ? await this.#routing.acquireWriter(signal, deadline, plan.readOnly ? 'read' : 'write')
+        : await this.#routing.acquireReader(signal, deadline, min, tried)
       const { lease, member } = got
       try {
-        await lease.query(begin, undefined, opts.monitor.probeTimeoutMs, signal)
+        await lease.query(plan.begin, undefined, opts.monitor.probeTimeoutMs, signal)
         return got
       } catch (err) {
         const c = classifyError(err, { phase: 'query', sent: lease.sent, connectionLost: lease.lost })
@@ -214,8 +218,7 @@ export class Transactions {
 
   async #once<T>(
     fn: (tx: TransactionClient) => Promise<T>,
-    readOnly: boolean,
-    begin: string,
+    plan: TransactionPlan,
     signal: AbortSignal | undefined,
     deadline: number,
     min: WalPosition | null,
@@ -223,12 +226,17 @@ export class Transactions {
   ): Promise<T> {
     const { gate, monitor, opts } = this.#ctx
     const queryTimeoutMs = opts.pool.queryTimeoutMs
-    const { lease, member } = await this.#begin(readOnly, begin, signal, deadline, min)
+    const { lease, member } = await this.#begin(plan, signal, deadline, min)
     let done = false
+    /** Errors that came out of this transaction's own connection (tx.query). */
+    const own = new Set<unknown>()
     const tx: TransactionClient = {
-      query: (text, values) => {
+      query: <R extends QueryResultRow = any>(text: QueryText, values?: unknown[]) => {
         if (done) return Promise.reject(new Error('this transaction is over: use the client only inside fn'))
-        return this.#run(lease, member, text as QueryText, values, signal)
+        return this.#run<R>(lease, member, text, values, signal).catch((err: unknown) => {
+          own.add(err)
+          throw err
+        })
       },
     }
     let result: T
@@ -236,17 +244,33 @@ export class Transactions {
       result = await fn(tx)
     } catch (err) {
       done = true
+      if (!own.has(err)) {
+        // The caller's own error (an HTTP call's ECONNRESET is not our connection's): as it is.
+        // If our connection did die meanwhile, what it said is what the monitor hears.
+        const last = [...own].pop()
+        if (lease.lost && last !== undefined)
+          this.#beforeCommitError(last, lease, member, 'in the transaction function')
+        await this.#rollback(lease)
+        throw err
+      }
       const out = this.#beforeCommitError(err, lease, member, 'in the transaction function')
       await this.#rollback(lease)
       throw out
     }
     done = true
-    if (readOnly) {
+    if (plan.readOnly) {
       try {
         await lease.query('COMMIT', undefined, opts.monitor.probeTimeoutMs, signal)
         lease.release()
-      } catch {
-        lease.release(true) // the reads are done; what they returned stands
+      } catch (err) {
+        // never swallowed: a serializable transaction's answers stand only once COMMIT succeeded
+        const c = classifyError(err, { phase: 'query', sent: lease.sent, connectionLost: lease.lost })
+        lease.release(true)
+        monitor.reportFailure(member, lease.generation, c)
+        if ((c.class === 'not-sent' || c.class === 'outcome-unknown') && !ResilientError.is(err)) {
+          throw notCommitted(err, member.name, c, 'at the COMMIT of a read-only transaction')
+        }
+        throw err
       }
       return result
     }

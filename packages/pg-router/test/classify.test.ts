@@ -27,6 +27,19 @@ describe('classifyError', () => {
     expect(mayRetry(c.class, 'write')).toBe(true)
   })
 
+  it('E_ABORTED once the statement was sent: outcome unknown (never "not executed"); before: the caller\'s', () => {
+    const aborted = new ResilientError('E_ABORTED', 'query was aborted')
+    expect(classifyError(aborted, sentLost)).toMatchObject({
+      class: 'outcome-unknown',
+      failoverSignal: false,
+      discardConnection: true,
+    })
+    expect(classifyError(aborted, { ...notSent, connectionLost: false })).toMatchObject({
+      class: 'client',
+      failoverSignal: false,
+    })
+  })
+
   it('the role check failing on a new connection is demoted too', () => {
     expect(classifyError(roleMismatchError('pg1'), connecting)).toMatchObject({
       class: 'demoted',

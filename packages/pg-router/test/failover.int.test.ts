@@ -171,6 +171,13 @@ beforeAll(async () => {
     'CREATE TABLE acks (id bigint PRIMARY KEY, port int NOT NULL DEFAULT inet_server_port(), ' +
       'rec boolean NOT NULL DEFAULT pg_is_in_recovery())',
   )
+  // a replica within maxLagBytes may not have replayed the CREATE yet: the readers start at once
+  for (const m of lab.members) {
+    for (let i = 0; (await lab.sql("SELECT to_regclass('acks') IS NOT NULL", m.name))[0]?.[0] !== 't'; i++) {
+      if (i > 200) throw new Error(`acks never appeared on ${m.name}`)
+      await new Promise((r) => setTimeout(r, 50))
+    }
+  }
 })
 
 afterAll(async () => {

@@ -16,8 +16,17 @@ export type FakeAnswer =
   | { fatal: string }
   | { error: string }
 
+export interface FakeCancel {
+  pid: number
+  key: number
+  /** Whether the connection of that backend was still open when the CancelRequest arrived. */
+  connectionOpen: boolean
+}
+
 export interface FakePg {
   port: number
+  /** CancelRequests received (the fake never answers them, as a frozen server would not). */
+  cancels: () => FakeCancel[]
   /** Connections accepted so far / closed so far. */
   accepted: () => number
   closed: () => number
@@ -113,15 +122,21 @@ function rowsResponse(values: Array<string | null>, type: 'bool' | 'text'): Buff
 
 export async function startFakePg(answer: (sql: string) => FakeAnswer): Promise<FakePg> {
   const sockets = new Set<net.Socket>()
+  const cancels: FakeCancel[] = []
+  /** Open connections by backend pid, with their secret key. */
+  const backends = new Map<number, { key: number; sock: net.Socket }>()
   let accepted = 0
   let closed = 0
   const server = net.createServer((sock) => {
     accepted++
+    const pid = 1000 + accepted
+    const key = (Math.random() * 0x7fffffff) | 0
     sockets.add(sock)
     sock.on('error', () => {})
     sock.on('close', () => {
       closed++
       sockets.delete(sock)
+      backends.delete(pid)
     })
     let buf = Buffer.alloc(0)
     let started = false
@@ -133,6 +148,16 @@ export async function startFakePg(answer: (sql: string) => FakeAnswer): Promise<
           const len = buf.readInt32BE(0)
           if (buf.length < len) return
           const code = buf.readInt32BE(4)
+          if (code === 80877102 && len === 16) {
+            const target = buf.readInt32BE(8)
+            const b = backends.get(target)
+            cancels.push({
+              pid: target,
+              key: buf.readInt32BE(12),
+              connectionOpen: b !== undefined && !b.sock.destroyed && b.key === buf.readInt32BE(12),
+            })
+            return // never answered, never closed by us
+          }
           buf = buf.subarray(len)
           if (code === 80877103) {
             sock.write('N') // no SSL
@@ -140,7 +165,11 @@ export async function startFakePg(answer: (sql: string) => FakeAnswer): Promise<
           }
           started = true
           const auth = Buffer.alloc(4)
-          sock.write(Buffer.concat([msg('R', auth), ready()]))
+          const keyData = Buffer.alloc(8)
+          keyData.writeInt32BE(pid, 0)
+          keyData.writeInt32BE(key, 4)
+          backends.set(pid, { key, sock })
+          sock.write(Buffer.concat([msg('R', auth), msg('K', keyData), ready()]))
           continue
         }
         if (buf.length < 5) return
@@ -173,6 +202,7 @@ export async function startFakePg(answer: (sql: string) => FakeAnswer): Promise<
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
   return {
     port: (server.address() as AddressInfo).port,
+    cancels: () => [...cancels],
     accepted: () => accepted,
     closed: () => closed,
     terminateAll(code) {

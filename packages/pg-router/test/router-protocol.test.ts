@@ -3,7 +3,7 @@ import { Emitter, ResilientError } from '@resilient/core'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { channelNames } from '../src/channels.js'
 import type { DiscoveredMember, Discovery } from '../src/discovery/types.js'
-import { deadlineTickMs } from '../src/member-pool.js'
+import { deadlineTickMs, sendCancel } from '../src/member-pool.js'
 import { createPgRouter, type PgRouter } from '../src/router.js'
 import { type FakeAnswer, type FakePg, startFakePg } from './router-fake-pg.js'
 
@@ -57,6 +57,14 @@ function primary(extra: (sql: string) => FakeAnswer | undefined = () => undefine
 }
 
 const connection = { user: 'u', password: 'p', database: 'd' }
+
+async function until(cond: () => boolean, timeoutMs = 2_000): Promise<void> {
+  const end = performance.now() + timeoutMs
+  while (!cond()) {
+    if (performance.now() > end) throw new Error('condition not met in time')
+    await new Promise((r) => setTimeout(r, 10))
+  }
+}
 
 describe('a statement that never gets an answer', () => {
   it('is bounded by pool.queryTimeoutMs; its connection is destroyed; a write reports E_COMMIT_UNKNOWN', async () => {
@@ -137,6 +145,53 @@ describe('a statement that never gets an answer', () => {
     expect(deadlineTickMs(1)).toBe(5)
   })
 
+  it('a statement cut at its deadline is cancelled on the server (its pid and key) while its connection is open', async () => {
+    fake = await startFakePg(primary((sql) => (sql.startsWith('SELECT hang') ? { hang: true } : undefined)))
+    db = createPgRouter({
+      discovery: discoveryOf(fake.port),
+      connection,
+      pool: { queryTimeoutMs: 100 },
+      failover: { timeoutMs: 2_000 },
+    })
+    await db.ready({ timeoutMs: 2_000 })
+    await expect(db.read('SELECT hang')).rejects.toMatchObject({ code: 'E_TIMEOUT' })
+    await until(() => fake!.cancels().length === 2) // the read was retried once: two statements cut
+    for (const c of fake.cancels()) expect(c.connectionOpen).toBe(true)
+    expect(new Set(fake.cancels().map((c) => c.pid)).size).toBe(2)
+  })
+
+  it('an aborted write is cancelled on the server too, and the caller hears E_COMMIT_UNKNOWN (it was sent)', async () => {
+    fake = await startFakePg(primary((sql) => (sql.startsWith('SELECT hang') ? { hang: true } : undefined)))
+    db = createPgRouter({ discovery: discoveryOf(fake.port), connection })
+    await db.ready({ timeoutMs: 2_000 })
+    const err = await db
+      .write('SELECT hang', undefined, { signal: AbortSignal.timeout(50) })
+      .catch((e: unknown) => e)
+    expect(err).toMatchObject({ code: 'E_COMMIT_UNKNOWN', details: { txid: null } })
+    expect((err as Error).cause).toMatchObject({ code: 'E_ABORTED' })
+    await until(() => fake!.cancels().length === 1)
+    expect(fake.cancels()[0]!.connectionOpen).toBe(true)
+    // aborted before anything was sent: E_ABORTED, nothing to cancel
+    const ac = new AbortController()
+    ac.abort()
+    await expect(db.write('SELECT 1', undefined, { signal: ac.signal })).rejects.toMatchObject({
+      code: 'E_ABORTED',
+    })
+  })
+
+  it('a CancelRequest never waits for an answer, and is bounded when the server cannot be reached', async () => {
+    fake = await startFakePg(primary()) // takes the request, never answers or closes
+    let t0 = performance.now()
+    await sendCancel('127.0.0.1', fake.port, 1, 2, 5_000)
+    expect(performance.now() - t0).toBeLessThan(1_000)
+    await until(() => fake!.cancels().length === 1)
+    expect(fake.cancels()[0]).toMatchObject({ pid: 1, key: 2 })
+    // TEST-NET-1: no route, or a connect that never completes: either way done by the bound
+    t0 = performance.now()
+    await sendCancel('192.0.2.1', 5432, 1, 2, 300)
+    expect(performance.now() - t0).toBeLessThan(1_300)
+  })
+
   it('an AbortSignal ends it with E_ABORTED', async () => {
     fake = await startFakePg(primary((sql) => (sql.startsWith('SELECT hang') ? { hang: true } : undefined)))
     db = createPgRouter({ discovery: discoveryOf(fake.port), connection })
@@ -199,16 +254,49 @@ describe('the server terminates connections', () => {
     expect(db.stats().retries.write).toBe(before + 1)
   })
 
-  it('25006 on a write: rerouted (retried) instead of failing', async () => {
+  it('25006 on a write from a connection that is now in recovery: a demotion, rerouted (retried) on the primary', async () => {
     let refusals = 0
+    let inRecovery = false
     fake = await startFakePg(
-      primary((sql) => (sql.startsWith('INSERT') && refusals++ === 0 ? { error: '25006' } : undefined)),
+      primary((sql) => {
+        if (sql.startsWith('INSERT') && refusals++ === 0) {
+          inRecovery = true // demoted under the write...
+          setTimeout(() => (inRecovery = false), 100) // ...and promoted again: the "new primary"
+          return { error: '25006' }
+        }
+        if (sql.includes('pg_is_in_recovery() AS r') && !sql.includes('CASE'))
+          return { rows: [inRecovery ? 't' : 'f'], type: 'bool' }
+        return undefined
+      }),
     )
     db = createPgRouter({ discovery: discoveryOf(fake.port), connection })
     await db.ready({ timeoutMs: 2_000 })
     await expect(db.write('INSERT INTO t VALUES (1)')).resolves.toBeDefined()
     expect(refusals).toBe(2) // refused once, then executed
     expect(db.stats().retries.write).toBe(1)
+  })
+
+  it("25006 on a connection that still says pg_is_in_recovery() = false: the database's answer, at once; no suspicion", async () => {
+    const suspects: unknown[] = []
+    const s = (m: unknown) => suspects.push(m)
+    dc.subscribe(channelNames.suspect, s)
+    try {
+      fake = await startFakePg(primary((sql) => (sql.startsWith('INSERT') ? { error: '25006' } : undefined)))
+      db = createPgRouter({ discovery: discoveryOf(fake.port), connection, failover: { timeoutMs: 5_000 } })
+      await db.ready({ timeoutMs: 2_000 })
+      const generation = db.stats().members[0]!.generation
+      const t0 = performance.now()
+      const err = await db.write('INSERT INTO t VALUES (1)').catch((e: unknown) => e)
+      expect(performance.now() - t0).toBeLessThan(1_000)
+      expect(err).toMatchObject({ code: '25006' })
+      expect(suspects).toEqual([])
+      expect(db.stats().retries.write).toBe(0)
+      expect(db.stats().members[0]!.generation).toBe(generation) // not drained
+      expect(db.topology().primary?.name).toBe('fake')
+      expect(await db.check()).toMatchObject({ status: 'pass' })
+    } finally {
+      dc.unsubscribe(channelNames.suspect, s)
+    }
   })
 })
 

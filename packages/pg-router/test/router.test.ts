@@ -99,17 +99,24 @@ describe('createPgRouter without a reachable primary', () => {
     expect(discovery.closed()).toBe(true)
   })
 
-  it('the write queue is bounded: beyond failover.maxQueue, writes fail at once', async () => {
+  it('the write queue is bounded: beyond failover.maxQueue, writes fail at once with E_LIMIT (not a timeout); reads waiting for the primary take no place in it', async () => {
     const db = createPgRouter({
       discovery: fakeDiscovery(() => [primaryAt(1)]),
       connection,
       failover: { timeoutMs: 2_000, maxQueue: 2 },
     })
     try {
+      // reads that fall back to the primary wait for it too, but not in the write queue
+      const reads = [db.read('SELECT 1'), db.read('SELECT 2'), db.read('SELECT 3')].map((p) =>
+        p.catch((e: unknown) => e),
+      )
       const held = [db.write('SELECT 1'), db.write('SELECT 2')].map((p) => p.catch((e: unknown) => e))
+      const t0 = performance.now()
       const third = await db.write('SELECT 3').catch((e: unknown) => e)
-      expect(third).toMatchObject({ code: 'E_FAILOVER_TIMEOUT', details: { reason: 'queue-full' } })
+      expect(performance.now() - t0).toBeLessThan(500) // at once, no timeout elapsed
+      expect(third).toMatchObject({ code: 'E_LIMIT', details: { reason: 'queue-full', maxQueue: 2 } })
       expect(db.stats().queuedWrites).toBe(2)
+      held.push(...reads)
       await db.close()
       // closing rejects what was held
       for (const e of await Promise.all(held)) expect(e).toMatchObject({ code: 'E_SHUTTING_DOWN' })

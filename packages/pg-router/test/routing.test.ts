@@ -112,15 +112,20 @@ describe('WriterGate', () => {
     await expect(gate.wait(undefined, performance.now())).resolves.toBe(a)
   })
 
-  it('fails held writes with E_FAILOVER_TIMEOUT at their deadline, and at once when the queue is full', async () => {
+  it('fails held writes with E_FAILOVER_TIMEOUT at their deadline, and with E_LIMIT at once when the queue is full', async () => {
     const gate = new WriterGate(2, () => {})
+    const r1 = gate.wait(undefined, performance.now() + 500, 'read') // reads take no place
     const w1 = gate.wait(undefined, performance.now() + 500)
     const w2 = gate.wait(undefined, performance.now() + 500)
     const w3 = gate.wait(undefined, performance.now() + 500)
-    await expect(w3).rejects.toMatchObject({ code: 'E_FAILOVER_TIMEOUT', details: { reason: 'queue-full' } })
-    const both = Promise.allSettled([w1, w2])
+    await expect(w3).rejects.toMatchObject({
+      code: 'E_LIMIT',
+      details: { reason: 'queue-full', maxQueue: 2 },
+    })
+    expect(gate.queueLength).toBe(2)
+    const all = Promise.allSettled([r1, w1, w2])
     await vi.advanceTimersByTimeAsync(500)
-    const results = await both
+    const results = await all
     for (const r of results) {
       expect(r.status).toBe('rejected')
       expect((r as PromiseRejectedResult).reason).toMatchObject({
