@@ -11,7 +11,8 @@
 // CPU, memory, versions of Node, pg, PostgreSQL, Patroni, Redis, HAProxy. The failover
 // comparison (bench/failover) runs last: it takes several minutes (FAILOVER_KILLS kills per
 // client, default 5). The soak section of RESULTS.md (written by bench/soak/soak.mjs, not
-// run here) is kept as it is.
+// run here) and the load shapes' section (bench/load/load.mjs, npm run bench:load) are kept
+// as they are.
 import { execFileSync, spawn } from 'node:child_process'
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { cpus, totalmem } from 'node:os'
@@ -152,6 +153,16 @@ export function keptSoakSection(existing) {
   return `${SOAK_START}\n## Soak\n\nNot run yet: \`node bench/soak/soak.mjs\` (10 minutes; SOAK_MS to change) writes this section.\n${SOAK_END}`
 }
 
+export const LOAD_START = '<!-- load:start -->'
+export const LOAD_END = '<!-- load:end -->'
+
+/** The load shapes' block of an existing RESULTS.md (written by bench/load/load.mjs), or ''. */
+export function keptLoadSection(existing) {
+  const a = existing.indexOf(LOAD_START)
+  const b = existing.indexOf(LOAD_END)
+  return a !== -1 && b > a ? `\n\n${existing.slice(a, b + LOAD_END.length)}` : ''
+}
+
 /** The sections of an existing RESULTS.md, by benchmark path (to keep those not rerun). */
 export function keptSections(existing) {
   const kept = new Map()
@@ -245,7 +256,7 @@ async function main() {
   const ordered = all
     .map((b) => runs.find((r) => r.file === b.file) ?? { ...b, kept: kept.get(relative(ROOT, b.file)) })
     .filter((r) => r.kept !== undefined || r.stdout !== undefined)
-  writeFileSync(RESULTS, renderResults(m, ordered, keptSoakSection(existing)))
+  writeFileSync(RESULTS, renderResults(m, ordered, keptSoakSection(existing) + keptLoadSection(existing)))
   writeFileSync(
     join(OUT, 'run-all.json'),
     `${JSON.stringify({ machine: m, runs: runs.map(({ stdout, stderr, ...r }) => r) }, null, 2)}\n`,

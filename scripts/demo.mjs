@@ -66,6 +66,8 @@ export async function startApp(
       REDIS_HOST: lab.redis.host,
       REDIS_PORT: String(lab.redis.port),
       EXPOSE_DEBUG: '1',
+      // The admin listener (verbose probes, /metrics) on a free port: several apps may run at once.
+      ADMIN_PORT: '0',
       // APP_NODE_OPTIONS: node options for the app only (e.g. --trace-warnings).
       ...(process.env.APP_NODE_OPTIONS ? { NODE_OPTIONS: process.env.APP_NODE_OPTIONS } : {}),
       ...env,
@@ -87,7 +89,7 @@ export async function startApp(
     child.stdout.on('data', (chunk) => {
       append(chunk)
       buffered += chunk.toString()
-      const match = /listening on (http:\/\/\S+)/.exec(buffered)
+      const match = /listening on (http:\/\/[^\s,]+)/.exec(buffered)
       if (match) {
         clearTimeout(timer)
         resolve(match[1])
@@ -354,8 +356,16 @@ const esc = (s) =>
  * A timeline chart, hand-written SVG: successful requests per second (line), errors per
  * second (red bars), acknowledged writes per second (line, right axis) in the top panel;
  * p99 latency per second (log scale) in the bottom panel; each fault a labelled vertical line.
+ * `rightAxis` picks the right axis' series (bench/load plots concurrent users there).
  */
-export function renderTimeline({ buckets, events, title, phases = [], notReady = [] }) {
+export function renderTimeline({
+  buckets,
+  events,
+  title,
+  phases = [],
+  notReady = [],
+  rightAxis = { key: 'writes', label: 'acknowledged writes/s' },
+}) {
   const W = 1100
   const left = 70
   const right = 70
@@ -367,7 +377,7 @@ export function renderTimeline({ buckets, events, title, phases = [], notReady =
   const seconds = Math.max(1, buckets.length)
   const x = (t) => left + (t / seconds) * (W - left - right)
   const maxRps = niceCeil(Math.max(1, ...buckets.map((b) => b.ok + b.errors)))
-  const maxW = niceCeil(Math.max(1, ...buckets.map((b) => b.writes)))
+  const maxW = niceCeil(Math.max(1, ...buckets.map((b) => b[rightAxis.key] ?? 0)))
   const y1 = (v) => top + h1 - (v / maxRps) * h1
   const yw = (v) => top + h1 - (v / maxW) * h1
   const lats = buckets.map((b) => b.p99).filter((v) => Number.isFinite(v) && v > 0)
@@ -379,6 +389,7 @@ export function renderTimeline({ buckets, events, title, phases = [], notReady =
   out.push(
     `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="DejaVu Sans, Arial, sans-serif" font-size="12">`,
   )
+  out.push(`<title>${esc(title)}</title>`)
   out.push(`<rect width="${W}" height="${H}" fill="#ffffff"/>`)
   out.push(`<text x="${left}" y="24" font-size="16" font-weight="bold">${esc(title)}</text>`)
   // Phase shading.
@@ -414,7 +425,7 @@ export function renderTimeline({ buckets, events, title, phases = [], notReady =
     `<text x="16" y="${top + h1 / 2}" transform="rotate(-90 16 ${top + h1 / 2})" text-anchor="middle">requests / s</text>`,
   )
   out.push(
-    `<text x="${W - 14}" y="${top + h1 / 2}" transform="rotate(90 ${W - 14} ${top + h1 / 2})" text-anchor="middle" fill="#1f6fb2">acknowledged writes / s</text>`,
+    `<text x="${W - 14}" y="${top + h1 / 2}" transform="rotate(90 ${W - 14} ${top + h1 / 2})" text-anchor="middle" fill="#1f6fb2">${esc(rightAxis.label)}</text>`,
   )
   // Error bars.
   const bw = Math.max(1, (W - left - right) / seconds - 1)
@@ -440,7 +451,7 @@ export function renderTimeline({ buckets, events, title, phases = [], notReady =
   )
   out.push(
     line(
-      buckets.map((b) => [x(b.t + 0.5), yw(b.writes)]),
+      buckets.map((b) => [x(b.t + 0.5), yw(b[rightAxis.key] ?? 0)]),
       '#1f6fb2',
       1.5,
     ),
@@ -487,7 +498,7 @@ export function renderTimeline({ buckets, events, title, phases = [], notReady =
   const legend = [
     ['#2ca02c', 'successful requests/s'],
     ['#d62728', 'errors/s'],
-    ['#1f6fb2', 'acknowledged writes/s (right axis)'],
+    ['#1f6fb2', `${rightAxis.label} (right axis)`],
     ['#9467bd', 'p99 latency (log)'],
   ]
   let lx = left

@@ -11,9 +11,10 @@ const variant = process.argv[2]
 const DB_MS = Number(process.env.DB_MS ?? 5)
 const CPU_MS = Number(process.env.CPU_MS ?? 1)
 const MAX_DELAY_MS = Number(process.env.MAX_DELAY_MS ?? 10)
+const SAMPLE_MS = Number(process.env.SAMPLE_MS ?? 10)
 const health = createHealth({
   checks: { db: async () => true },
-  ...(variant === 'shed' ? { shed: { maxEventLoopDelayMs: MAX_DELAY_MS, sampleIntervalMs: 5 } } : {}),
+  ...(variant === 'shed' ? { shed: { maxEventLoopDelayMs: MAX_DELAY_MS, sampleIntervalMs: SAMPLE_MS } } : {}),
 })
 await health.refresh()
 const app = express()

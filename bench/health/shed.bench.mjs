@@ -1,6 +1,6 @@
 /**
  * Load shedding: the same Express service (bench/health/shed-server.mjs: a 5 ms wait, then
- * 1 ms of CPU per request) without and with `shed` (maxEventLoopDelayMs 10), side by side.
+ * 1 ms of CPU per request) without and with `shed` (maxEventLoopDelayMs 10, sampleIntervalMs 10), side by side.
  * Each is measured unloaded (LOW x the capacity measured first, closed loop, on the plain
  * service) and overloaded (OVERLOAD x that capacity), open loop: requests are sent on a
  * fixed schedule whatever the answers, and each latency counts from its scheduled time (no
@@ -8,7 +8,7 @@
  * overloaded, within 2x of its unloaded p99.
  *
  * Run:  npx tsc -b packages/health && node bench/health/shed.bench.mjs
- * Env:  SECONDS (default 5 per phase), LOW (default 0.25), OVERLOAD (default 2), ROUNDS (default 2)
+ * Env:  SECONDS (default 5 per phase), LOW (default 0.25), OVERLOAD (default 2), ROUNDS (default 3)
  * Out:  markdown on stdout and bench/out/health-shed.json
  */
 import { spawn } from 'node:child_process'
@@ -21,7 +21,7 @@ import { markdownTable, median, percentile, writeJson } from '../lib/measure.mjs
 const SECONDS = Number(process.env.SECONDS ?? 5)
 const LOW = Number(process.env.LOW ?? 0.25)
 const OVERLOAD = Number(process.env.OVERLOAD ?? 2)
-const ROUNDS = Number(process.env.ROUNDS ?? 2)
+const ROUNDS = Number(process.env.ROUNDS ?? 3)
 const serverScript = fileURLToPath(new URL('./shed-server.mjs', import.meta.url))
 const load = () =>
   loadavg()
@@ -106,7 +106,10 @@ async function openLoop(port, rate, seconds) {
 const servers = { plain: await start('plain'), shed: await start('shed') }
 for (const s of Object.values(servers)) await capacity(s.port, 1) // warm-up
 const loadStart = load()
-const cap = await capacity(servers.plain.port, 3)
+// The best of three: a busy moment of the machine must not pass for the service's capacity.
+const caps = []
+for (let i = 0; i < 3; i++) caps.push(await capacity(servers.plain.port, 1.5))
+const cap = Math.max(...caps)
 const overRate = Math.round(cap * OVERLOAD)
 const lowRate = Math.max(1, Math.round(cap * LOW))
 const results = { plain: { low: [], over: [] }, shed: { low: [], over: [] } }
@@ -131,7 +134,7 @@ for (const name of ['plain', 'shed']) {
   const overP99 = median(over.map((x) => x.p99))
   summary[name] = { lowP99, overP99, ratio: overP99 / lowP99 }
   rows.push([
-    name === 'plain' ? 'without shedding' : 'with `shed` (maxEventLoopDelayMs 10)',
+    name === 'plain' ? 'without shedding' : 'with `shed` (maxEventLoopDelayMs 10, sampleIntervalMs 10)',
     f(median(low.map((x) => x.p50))),
     f(lowP99),
     f(median(over.map((x) => x.p50))),
@@ -144,7 +147,7 @@ for (const name of ['plain', 'shed']) {
   ])
 }
 console.log(
-  `Capacity of the plain service (closed loop, 16 connections): ${Math.round(cap)} requests/s; overload offered: ${overRate} requests/s open loop (${OVERLOAD}x), unloaded: ${lowRate} requests/s (${LOW}x); ${ROUNDS} rounds of ${SECONDS} s per phase, services interleaved; load average ${loadStart} at the start, ${loadEnd} at the end.\n`,
+  `Capacity of the plain service (closed loop, 16 connections, best of 3 x 1.5 s: ${caps.map(Math.round).join(', ')}): ${Math.round(cap)} requests/s; overload offered: ${overRate} requests/s open loop (${OVERLOAD}x), unloaded: ${lowRate} requests/s (${LOW}x); ${ROUNDS} rounds of ${SECONDS} s per phase, services interleaved; load average ${loadStart} at the start, ${loadEnd} at the end.\n`,
 )
 console.log(
   markdownTable(

@@ -74,7 +74,7 @@ async function healthPlugin(fastify: FastifyInstance, options: HealthPluginOptio
 
   const probe = (req: FastifyRequest) => ({
     url: req.url,
-    authorization: req.headers.authorization,
+    authorization: req.headers?.authorization,
     method: req.method,
   })
   fastify.get(livenessPath, { logLevel }, (req: FastifyRequest, reply: FastifyReply) =>

@@ -324,7 +324,7 @@ export function createHealth(options?: HealthOptions): Health {
 
   const fromRequest = (req: IncomingMessage): ProbeOptions => ({
     url: req.url,
-    authorization: req.headers.authorization,
+    authorization: req.headers?.authorization,
     method: req.method ?? 'GET',
   })
   const liveness: NodeHandler = (req, res) => writeResponse(req, res, livenessResponse(fromRequest(req)))

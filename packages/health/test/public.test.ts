@@ -196,6 +196,14 @@ describe('bad input on probe routes', () => {
     }
   })
 
+  it('a request object without headers (a hand-made fake) still gets the cached answer', async () => {
+    const health = await newHealth()
+    let status = 0
+    const res = { writeHead: (c: number) => (status = c), end: () => {} } as unknown as http.ServerResponse
+    health.readiness({ url: '/ready', method: 'GET' } as http.IncomingMessage, res)
+    expect(status).toBe(200)
+  })
+
   it("the 'query' mode (an explicit opt-in) scans at most 2 KiB of the query string", async () => {
     const health = await newHealth({ verbose: 'query' })
     const isVerbose = (url: string) => health.readinessResponse({ url }).body.includes('pg-member-7')

@@ -1,8 +1,9 @@
 import { existsSync } from 'node:fs'
 import { resolve } from 'node:path'
 import { parseArgs } from 'node:util'
-import { Lab, type LabStatus, startLab } from './lab.js'
+import { Lab, type LabStatus } from './lab.js'
 import { killLabSync, serverPids, teardown } from './procs.js'
+import { startLab } from './start.js'
 import { readState, statePath } from './state.js'
 import { errorMessage, isProcessAlive } from './util.js'
 

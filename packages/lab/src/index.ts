@@ -17,7 +17,6 @@ export {
   Lab,
   type LabMember,
   type LabMemberStatus,
-  type LabOptions,
   type LabStatus,
   logShowsDivergence,
   parsePsqlOutput,
@@ -25,7 +24,6 @@ export {
   type SentinelInfo,
   type StartMemberOptions,
   type StartMemberResult,
-  startLab,
 } from './lab.js'
 export {
   ensurePackages,
@@ -44,6 +42,7 @@ export {
   slotRanges,
 } from './redis-cluster.js'
 export { parseReply, RespError, type RespValue, redisCommand } from './resp.js'
+export { type LabOptions, startLab } from './start.js'
 export {
   type LabState,
   parseState,

@@ -279,3 +279,17 @@ export function portRefuses(port: number): Promise<boolean> {
     socket.once('error', (err: NodeJS.ErrnoException) => done(err.code === 'ECONNREFUSED'))
   })
 }
+
+/** An Error that ends a waitFor() at once (e.g. "the server exited"). */
+export function fatal(message: string): Error {
+  return Object.assign(new Error(message), { fatal: true })
+}
+
+/** The last `lines` lines of a file ('' when unreadable): for errors about a server that exited. */
+export function tail(file: string, lines = 15): string {
+  try {
+    return readFileSync(file, 'utf8').trimEnd().split('\n').slice(-lines).join('\n')
+  } catch {
+    return ''
+  }
+}

@@ -129,8 +129,11 @@ describe('gray failures: freezeMember, freezeDcs (with and without failsafe_mode
     const plainLeader = (await lab.primary())!
     const safeLeader = (await failsafe.primary())!
     const t0 = performance.now()
-    const frozenAt = Date.now() / 1000
     await Promise.all([lab.freezeDcs(), failsafe.freezeDcs()])
+    // Patroni's dcs_last_seen (epoch seconds) stops moving: a reply already on its way when etcd
+    // stopped can still be read a little later on a loaded machine, so the test asserts its age.
+    const age = async (apiUrl: string) =>
+      Date.now() / 1000 - Number((await patroniStatus(apiUrl)).dcs_last_seen)
     expect(lab.state.frozen?.dcs).toBe(true)
     try {
       // Without failsafe mode, Patroni 3.0.2 restarts the leader's PostgreSQL read-only.
@@ -144,9 +147,9 @@ describe('gray failures: freezeMember, freezeDcs (with and without failsafe_mode
       )
       const demotedAfter = (performance.now() - t0) / 1000
       console.log(`etcd frozen: ${plainLeader.name} demoted after ${demotedAfter.toFixed(1)} s`)
-      const st = await patroniStatus(plainLeader.apiUrl)
-      expect(st.role).not.toBe('master')
-      expect(Number(st.dcs_last_seen)).toBeLessThanOrEqual(frozenAt + 1)
+      expect((await patroniStatus(plainLeader.apiUrl)).role).not.toBe('master')
+      // Demotion comes only after Patroni's DCS calls failed for retry_timeout (5 s).
+      expect(await age(plainLeader.apiUrl)).toBeGreaterThan(3)
 
       // With failsafe mode, the leader asks every member (POST /failsafe) and stays primary.
       await until(
@@ -161,7 +164,7 @@ describe('gray failures: freezeMember, freezeDcs (with and without failsafe_mode
       await failsafe.sql('create table failsafe_probe (id int)', safeLeader.name)
       const safeStatus = await patroniStatus(safeLeader.apiUrl)
       expect(safeStatus.role).toBe('master')
-      expect(Number(safeStatus.dcs_last_seen)).toBeLessThanOrEqual(frozenAt + 1)
+      expect(await age(safeLeader.apiUrl)).toBeGreaterThan(6)
     } finally {
       await Promise.all([lab.thawDcs(), failsafe.thawDcs()])
     }
@@ -176,7 +179,7 @@ describe('gray failures: freezeMember, freezeDcs (with and without failsafe_mode
   })
 
   it('setReadOnly: existing sessions get 25006 on writes while still primary; off undoes it on them too', async () => {
-    const leader = (await lab.primary())!
+    const leader = await lab.waitForPrimary({ timeoutMs: 60_000 })
     await lab.sql('create table ro_probe (id int)', leader.name)
     const c = await client(lab, leader.name)
     await c.query('insert into ro_probe values (1)')

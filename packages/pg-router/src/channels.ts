@@ -28,6 +28,11 @@ export const channelNames = {
   retry: 'resilient:pg-router:retry',
   /** { member, reason } when a replica stops getting reads (unreachable, lagging). */
   replicaExcluded: 'resilient:pg-router:replica:excluded',
+  /**
+   * { member, state: 'unresponsive' | 'alive', reason? } when a member stops answering its
+   * liveness probe (reason: 'timeout' or the connection error's code), and when it answers again.
+   */
+  liveness: 'resilient:pg-router:liveness',
   /** { reason } when db.session(token) got a token it could not use (it starts empty instead). */
   badToken: 'resilient:pg-router:session:bad-token',
   /**
@@ -50,4 +55,5 @@ export const channels = {
   replicaExcluded: diagnostics_channel.channel(channelNames.replicaExcluded),
   badToken: diagnostics_channel.channel(channelNames.badToken),
   timelineRegression: diagnostics_channel.channel(channelNames.timelineRegression),
+  liveness: diagnostics_channel.channel(channelNames.liveness),
 }

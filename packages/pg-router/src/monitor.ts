@@ -11,6 +11,7 @@ import { channels } from './channels.js'
 import { type Classification, classifyError, isRoleMismatch } from './classify.js'
 import type { DiscoveredMember, Discovery, DiscoveryResult } from './discovery/types.js'
 import { type FailoverEvent, WriterGate } from './failover.js'
+import { abandonUnresponsive, Liveness } from './liveness.js'
 import { MemberPool } from './member-pool.js'
 import type { ResolvedOptions } from './options.js'
 import {
@@ -103,6 +104,8 @@ export class Monitor {
   #historyAskedAt = Number.NEGATIVE_INFINITY
   #historyFlight = new SingleFlight<'history', void>()
   #abort = new AbortController()
+  /** Probes of every member on connections of the monitor's own (liveness.ts). */
+  readonly #liveness: Liveness
 
   constructor(opts: ResolvedOptions, discovery: Discovery) {
     this.#opts = opts
@@ -117,6 +120,37 @@ export class Monitor {
       publish(channels.poolError, { member: pool.name, sqlState: c.sqlState, errorCode: c.errorCode })
       if (member && member.pool === pool) this.reportFailure(member, generation, c)
     }
+    this.#liveness = new Liveness(
+      {
+        connection: opts.connection,
+        intervalMs: opts.monitor.livenessIntervalMs,
+        probeTimeoutMs: opts.monitor.probeTimeoutMs,
+        keepAliveInitialDelayMs: opts.pool.keepAliveInitialDelayMs,
+      },
+      { unresponsive: (m) => this.#unresponsive(m), alive: (m) => this.#alive(m) },
+    )
+  }
+
+  /**
+   * Liveness: `m` stopped answering. The writer is suspected as if killed; any other member
+   * gets no reads until it answers again; what is in flight on it is abandoned now.
+   */
+  #unresponsive(m: Member): void {
+    if (this.#closed) return
+    if (this.gate.writer === m) this.suspect('unresponsive')
+    else if (m.downUntil !== Number.POSITIVE_INFINITY) {
+      m.downUntil = Number.POSITIVE_INFINITY
+      publish(channels.replicaExcluded, { member: m.name, reason: 'unresponsive' })
+    }
+    abandonUnresponsive(m, this.#opts.monitor.probeTimeoutMs)
+    this.nudge()
+  }
+
+  /** Liveness: `m` answers again (a thawed writer is confirmed by SQL like any other). */
+  #alive(m: Member): void {
+    if (this.#closed) return
+    if (m.downUntil === Number.POSITIVE_INFINITY) m.downUntil = 0
+    this.nudge()
   }
 
   start(): void {
@@ -296,6 +330,7 @@ export class Monitor {
       void m.pool.close(5_000)
     }
     this.conflict = result.conflict && result.conflict.length > 1 ? [...result.conflict] : null
+    this.#liveness.sync(this.members.values())
     this.#updateTimelines()
   }
 
@@ -310,6 +345,7 @@ export class Monitor {
       idleTimeoutMs: o.pool.idleTimeoutMs,
       connectTimeoutMs: o.pool.connectTimeoutMs,
       probeTimeoutMs: o.monitor.probeTimeoutMs,
+      keepAliveInitialDelayMs: o.pool.keepAliveInitialDelayMs,
       onIdleError: this.#onIdleError,
     })
     const observed = metrics.observePool(`pg-router:${d.name}`, () => {
@@ -361,6 +397,9 @@ export class Monitor {
     this.#candidateInRecovery = false
     if (!candidate) return
     this.gate.noteDiscovered(candidate.name)
+    // It does not answer its liveness probe: a connect would hang for pool.connectTimeoutMs and
+    // hold up the next discovery. Asked again once it answers (or discovery names another).
+    if (this.#liveness.unresponsive(candidate)) return
     try {
       const lease = await candidate.pool.acquire('write', this.#abort.signal)
       lease.release()
@@ -657,6 +696,7 @@ export class Monitor {
     if (this.#closed) return
     this.#closed = true
     clearTimeout(this.#timer)
+    this.#liveness.close()
     this.#abort.abort(new ResilientError('E_SHUTTING_DOWN', 'the router is closing', { noStack: true }))
     this.gate.close(new ResilientError('E_SHUTTING_DOWN', 'the router is closed'))
     await this.#running?.catch(() => {})
