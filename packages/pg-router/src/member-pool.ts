@@ -215,6 +215,8 @@ export interface MemberPoolConfig {
   idleTimeoutMs: number
   connectTimeoutMs: number
   probeTimeoutMs: number
+  /** TCP keepalive's first probe after this many ms of silence (0: the OS default). */
+  keepAliveInitialDelayMs: number
   /** An idle client of this pool died (pg-pool already discarded it). */
   onIdleError: (pool: MemberPool, err: Error, generation: number) => void
 }
@@ -586,6 +588,7 @@ export class MemberPool {
       // waiting for a busy pool by connectWithSignal.
       Client: boundedClient(c.connectTimeoutMs) as unknown as pg.PoolConfig['Client'],
       keepAlive: true,
+      keepAliveInitialDelayMillis: c.keepAliveInitialDelayMs,
       allowExitOnIdle: true,
       // Every new connection learns its role before anyone may use it.
       onConnect: (async (client: pg.ClientBase) => {

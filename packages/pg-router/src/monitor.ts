@@ -11,8 +11,17 @@ import { channels } from './channels.js'
 import { type Classification, classifyError, isRoleMismatch } from './classify.js'
 import type { DiscoveredMember, Discovery, DiscoveryResult } from './discovery/types.js'
 import { type FailoverEvent, WriterGate } from './failover.js'
+import { abandonUnresponsive, Liveness } from './liveness.js'
 import { MemberPool } from './member-pool.js'
 import type { ResolvedOptions } from './options.js'
+import {
+  historyOf,
+  parseHistoryFile,
+  type TimelineInfo,
+  type TimelineRegressionEvent,
+  type TimelineSwitch,
+  TimelineWatch,
+} from './timeline.js'
 import {
   eligibleReplicas,
   type Member,
@@ -36,6 +45,9 @@ const WRITER_POLL_SQL =
 const REPLICA_POLL_SQL =
   'SELECT pg_last_wal_replay_lsn()::text AS lsn, (SELECT received_tli FROM pg_stat_wal_receiver) AS tl'
 
+/** How often the history of the primary's timeline is asked for again while it is unknown. */
+const HISTORY_RETRY_MS = 5_000
+
 function noop(): void {}
 
 /** Forget what was measured of `m`'s WAL position (role, timeline or pool generation changed). */
@@ -57,6 +69,9 @@ export class Monitor {
   readonly gate: WriterGate
   readonly topologyChanges = new Emitter<Topology>()
   readonly failovers = new Emitter<FailoverEvent>()
+  readonly timelineRegressions = new Emitter<TimelineRegressionEvent>()
+  /** Which timelines this router wrote on; regressions detected and not acknowledged. */
+  readonly timelines = new TimelineWatch()
   discoveryFailures = 0
   consecutiveDiscoveryFailures = 0
   lastDiscoveryAt: number | null = null
@@ -82,7 +97,15 @@ export class Monitor {
   #replicaFlight = new SingleFlight<'replicas', void>()
   /** The confirmed primary's timeline, as last measured (kept while none is confirmed). */
   #primaryTimeline: number | null = null
+  #systemId: string | null = null
+  #systemIdOf: Member | null = null
+  /** The switch points of the primary timeline's ancestors, once known. */
+  #history: { timeline: number; switches: readonly TimelineSwitch[] } | null = null
+  #historyAskedAt = Number.NEGATIVE_INFINITY
+  #historyFlight = new SingleFlight<'history', void>()
   #abort = new AbortController()
+  /** Probes of every member on connections of the monitor's own (liveness.ts). */
+  readonly #liveness: Liveness
 
   constructor(opts: ResolvedOptions, discovery: Discovery) {
     this.#opts = opts
@@ -97,6 +120,37 @@ export class Monitor {
       publish(channels.poolError, { member: pool.name, sqlState: c.sqlState, errorCode: c.errorCode })
       if (member && member.pool === pool) this.reportFailure(member, generation, c)
     }
+    this.#liveness = new Liveness(
+      {
+        connection: opts.connection,
+        intervalMs: opts.monitor.livenessIntervalMs,
+        probeTimeoutMs: opts.monitor.probeTimeoutMs,
+        keepAliveInitialDelayMs: opts.pool.keepAliveInitialDelayMs,
+      },
+      { unresponsive: (m) => this.#unresponsive(m), alive: (m) => this.#alive(m) },
+    )
+  }
+
+  /**
+   * Liveness: `m` stopped answering. The writer is suspected as if killed; any other member
+   * gets no reads until it answers again; what is in flight on it is abandoned now.
+   */
+  #unresponsive(m: Member): void {
+    if (this.#closed) return
+    if (this.gate.writer === m) this.suspect('unresponsive')
+    else if (m.downUntil !== Number.POSITIVE_INFINITY) {
+      m.downUntil = Number.POSITIVE_INFINITY
+      publish(channels.replicaExcluded, { member: m.name, reason: 'unresponsive' })
+    }
+    abandonUnresponsive(m, this.#opts.monitor.probeTimeoutMs)
+    this.nudge()
+  }
+
+  /** Liveness: `m` answers again (a thawed writer is confirmed by SQL like any other). */
+  #alive(m: Member): void {
+    if (this.#closed) return
+    if (m.downUntil === Number.POSITIVE_INFINITY) m.downUntil = 0
+    this.nudge()
   }
 
   start(): void {
@@ -154,6 +208,7 @@ export class Monitor {
     if (this.gate.suspect(reason)) {
       publish(channels.suspect, { member: writer.name, reason })
       writer.pool.drain()
+      this.timelines.sample(writer, writer.lsnTimeline) // its writes so far, on its timeline
       resetLsn(writer) // a new pool generation: whatever it says next is measured afresh
       this.nudge()
     }
@@ -275,6 +330,7 @@ export class Monitor {
       void m.pool.close(5_000)
     }
     this.conflict = result.conflict && result.conflict.length > 1 ? [...result.conflict] : null
+    this.#liveness.sync(this.members.values())
     this.#updateTimelines()
   }
 
@@ -289,6 +345,7 @@ export class Monitor {
       idleTimeoutMs: o.pool.idleTimeoutMs,
       connectTimeoutMs: o.pool.connectTimeoutMs,
       probeTimeoutMs: o.monitor.probeTimeoutMs,
+      keepAliveInitialDelayMs: o.pool.keepAliveInitialDelayMs,
       onIdleError: this.#onIdleError,
     })
     const observed = metrics.observePool(`pg-router:${d.name}`, () => {
@@ -310,6 +367,7 @@ export class Monitor {
       lsnEpoch: 0,
       measuredLagBytes: null,
       downUntil: 0,
+      writes: 0,
       noLoadBalance: d.noLoadBalance === true,
       offTimeline: false,
       pool,
@@ -339,6 +397,9 @@ export class Monitor {
     this.#candidateInRecovery = false
     if (!candidate) return
     this.gate.noteDiscovered(candidate.name)
+    // It does not answer its liveness probe: a connect would hang for pool.connectTimeoutMs and
+    // hold up the next discovery. Asked again once it answers (or discovery names another).
+    if (this.#liveness.unresponsive(candidate)) return
     try {
       const lease = await candidate.pool.acquire('write', this.#abort.signal)
       lease.release()
@@ -364,6 +425,7 @@ export class Monitor {
     this.lastConfirmError = null
     const previous = this.gate.suspectedAt
     this.gate.confirm(candidate)
+    this.timelines.confirmed(candidate)
     publish(channels.confirmed, { member: candidate.name, suspectedAt: previous })
   }
 
@@ -388,6 +450,90 @@ export class Monitor {
     if (writer === null) return
     await this.#probe(writer, WRITER_POLL_SQL, true)
     this.#afterPoll()
+    if (this.gate.writer === writer && writer.lsnTimeline !== null)
+      this.#onWriterTimeline(writer, writer.lsnTimeline)
+  }
+
+  /** The confirmed writer measured on timeline `tl`: count its writes there, look for a regression, learn the history. */
+  #onWriterTimeline(writer: Member, tl: number): void {
+    this.timelines.sample(writer, tl)
+    const e = this.timelines.check(writer, tl)
+    if (e) {
+      publish(channels.timelineRegression, e)
+      this.timelineRegressions.emit(e)
+    }
+    if (this.#systemIdOf !== writer) void this.#fetchSystemId(writer)
+    if (this.#history?.timeline !== tl && performance.now() - this.#historyAskedAt >= HISTORY_RETRY_MS) {
+      void this.#historyFlight.do('history', () => this.#fetchHistory(writer, tl))
+    }
+  }
+
+  /** One short query on the writer; null on any failure (the writer poll reports its health). */
+  async #ask<R extends Record<string, unknown>>(
+    m: Member,
+    sql: string,
+    values?: unknown[],
+  ): Promise<R | null> {
+    let lease: Awaited<ReturnType<MemberPool['acquire']>> | undefined
+    try {
+      lease = await m.pool.acquire('read', this.#abort.signal)
+      const r = await lease.query<R>(sql, values, this.#opts.monitor.probeTimeoutMs, this.#abort.signal)
+      lease.release()
+      return r.rows[0] ?? null
+    } catch {
+      lease?.release(true)
+      return null
+    }
+  }
+
+  async #fetchSystemId(writer: Member): Promise<void> {
+    const row = await this.#ask<{ s: unknown }>(
+      writer,
+      'SELECT system_identifier::text AS s FROM pg_control_system()',
+    )
+    if (this.gate.writer !== writer || typeof row?.s !== 'string') return
+    this.#systemId = row.s
+    this.#systemIdOf = writer
+  }
+
+  /**
+   * The history of timeline `tl`: from discovery (Patroni `GET /history`) when it describes
+   * `tl` (Patroni refreshes it a loop late), else the timeline history file on the primary
+   * (`pg_read_file`, which needs superuser or pg_read_server_files). Unknown: asked again
+   * every HISTORY_RETRY_MS.
+   */
+  async #fetchHistory(writer: Member, tl: number): Promise<void> {
+    this.#historyAskedAt = performance.now()
+    let switches: readonly TimelineSwitch[] | null = tl === 1 ? [] : null
+    if (switches === null && this.#discovery.history) {
+      const list = await this.#discovery.history(this.#abort.signal).catch(() => null)
+      switches = historyOf(list, tl)
+    }
+    if (switches === null) {
+      const file = `pg_wal/${tl.toString(16).toUpperCase().padStart(8, '0')}.history`
+      const row = await this.#ask<{ h: unknown }>(writer, 'SELECT pg_read_file($1) AS h', [file])
+      switches = historyOf(parseHistoryFile(row?.h), tl)
+    }
+    if (switches !== null && this.#primaryTimeline === tl) this.#history = { timeline: tl, switches }
+  }
+
+  /** The primary's timeline, system identifier and timeline history as known now. */
+  timelineInfo(): TimelineInfo {
+    const timeline = this.#primaryTimeline
+    const h = this.#history
+    return {
+      timeline,
+      systemId: this.#systemId,
+      history: h !== null && h.timeline === timeline ? h.switches : null,
+    }
+  }
+
+  /** Where timeline `tl` ended on the primary's history: undefined when the history is unknown, null when `tl` is not an ancestor. */
+  timelineEnd(tl: number): bigint | null | undefined {
+    const h = this.#history
+    if (h === null || h.timeline !== this.#primaryTimeline) return undefined
+    for (const s of h.switches) if (s.timeline === tl) return s.endLsn
+    return null
   }
 
   #pollReplicas = async (): Promise<void> => {
@@ -498,6 +644,12 @@ export class Monitor {
     return this.#primaryTimeline
   }
 
+  /** The confirmed primary's insert position as last polled, on `primaryTimeline`; null when unknown. */
+  primaryLsn(): bigint | null {
+    const w = this.gate.writer
+    return w !== null && w.lsnTimeline !== null && w.lsnTimeline === this.#primaryTimeline ? w.lsn : null
+  }
+
   topology(): Topology {
     const writer = this.gate.writer
     const now = performance.now()
@@ -544,6 +696,7 @@ export class Monitor {
     if (this.#closed) return
     this.#closed = true
     clearTimeout(this.#timer)
+    this.#liveness.close()
     this.#abort.abort(new ResilientError('E_SHUTTING_DOWN', 'the router is closing', { noStack: true }))
     this.gate.close(new ResilientError('E_SHUTTING_DOWN', 'the router is closed'))
     await this.#running?.catch(() => {})

@@ -38,6 +38,12 @@ export interface PoolOptions {
    * 5 ms to 1 s: it fires at most 5% late). 0 = none. @default 30_000
    */
   queryTimeoutMs?: number
+  /**
+   * TCP keepalive on every connection (pooled, and the monitor's own), first probe after this
+   * many ms of silence (Node rounds it to seconds; 0: the OS default, two hours on Linux).
+   * Keeps NAT/firewall state, and lets the OS notice a host that vanished. @default 1_000
+   */
+  keepAliveInitialDelayMs?: number
 }
 
 export interface ReplicaOptions {
@@ -63,13 +69,30 @@ export interface MonitorOptions {
   fastIntervalMs?: number
   /** SQL re-check period of a discovered leader that still reports `pg_is_in_recovery() = true`, in ms; discovery itself stays at `fastIntervalMs`. @default 20 */
   confirmRetryMs?: number
-  /** Bound on one probe query (role check, replay position), in ms. @default 1_000 */
+  /**
+   * Bound on one probe query (role check, replay position, liveness), in ms. A member whose
+   * liveness probe gets no answer within it is suspected like a dead one. @default 1_000
+   */
   probeTimeoutMs?: number
+  /**
+   * Liveness: every member gets `SELECT 1` on a connection of the monitor's own this often
+   * (each bounded by `probeTimeoutMs`), so a member that stops answering (a frozen VM, a black
+   * hole) is suspected within `livenessIntervalMs + probeTimeoutMs` of its last answer,
+   * whatever the statement timeouts are. 0: no liveness probes. @default 250
+   */
+  livenessIntervalMs?: number
 }
 
 export interface SessionOptions {
   /** A session read waits at most this long for a replica to replay the session's last write, then goes to the primary. @default 100 */
   maxWaitMs?: number
+  /**
+   * Signs session tokens (HMAC-SHA256), at least 16 characters. A list rotates keys: the first
+   * signs, any verifies. Set, a token without a valid signature is ignored (counted in
+   * `stats().tokens.badSignature`). Never shown in errors, inspect, stats or channels.
+   * @default none: tokens are unsigned, and checked against the cluster before use
+   */
+  secret?: string | string[]
 }
 
 export interface PgRouterOptions {
@@ -89,7 +112,13 @@ export interface PgRouterOptions {
 }
 
 export const DEFAULT_PG_ROUTER_OPTIONS = Object.freeze({
-  pool: Object.freeze({ max: 10, idleTimeoutMs: 10_000, connectTimeoutMs: 2_000, queryTimeoutMs: 30_000 }),
+  pool: Object.freeze({
+    max: 10,
+    idleTimeoutMs: 10_000,
+    connectTimeoutMs: 2_000,
+    queryTimeoutMs: 30_000,
+    keepAliveInitialDelayMs: 1_000,
+  }),
   replicas: Object.freeze({
     maxLagBytes: 1_048_576,
     fallbackToPrimary: true,
@@ -101,6 +130,7 @@ export const DEFAULT_PG_ROUTER_OPTIONS = Object.freeze({
     fastIntervalMs: 100,
     confirmRetryMs: 20,
     probeTimeoutMs: 1_000,
+    livenessIntervalMs: 250,
   }),
   session: Object.freeze({ maxWaitMs: 100 }),
 })
@@ -115,7 +145,8 @@ export interface ResolvedOptions {
   replicas: Required<ReplicaOptions>
   failover: Required<FailoverOptions>
   monitor: Required<MonitorOptions>
-  session: Required<SessionOptions>
+  /** `secret` is non-enumerable (out of inspect, JSON and spreads). */
+  session: { maxWaitMs: number; secret?: readonly string[] }
 }
 
 function section(options: Record<string, unknown>, key: string, allowed: readonly string[]) {
@@ -189,7 +220,13 @@ export function resolveOptions(input: unknown): ResolvedOptions {
   hideSecret(connection, 'password')
 
   const D = DEFAULT_PG_ROUTER_OPTIONS
-  const po = section(options, 'pool', ['max', 'idleTimeoutMs', 'connectTimeoutMs', 'queryTimeoutMs'])
+  const po = section(options, 'pool', [
+    'max',
+    'idleTimeoutMs',
+    'connectTimeoutMs',
+    'queryTimeoutMs',
+    'keepAliveInitialDelayMs',
+  ])
   const pool = {
     max: optional(po.max, D.pool.max, (v) =>
       checkNumber(v, 'pool.max', { min: 1, max: 10_000, integer: true }),
@@ -202,6 +239,9 @@ export function resolveOptions(input: unknown): ResolvedOptions {
     ),
     queryTimeoutMs: optional(po.queryTimeoutMs, D.pool.queryTimeoutMs, (v) =>
       checkNumber(v, 'pool.queryTimeoutMs', { min: 0, max: 86_400_000, integer: true }),
+    ),
+    keepAliveInitialDelayMs: optional(po.keepAliveInitialDelayMs, D.pool.keepAliveInitialDelayMs, (v) =>
+      checkNumber(v, 'pool.keepAliveInitialDelayMs', { min: 0, max: 86_400_000, integer: true }),
     ),
   }
   const ro = section(options, 'replicas', ['maxLagBytes', 'fallbackToPrimary', 'strategy'])
@@ -225,7 +265,13 @@ export function resolveOptions(input: unknown): ResolvedOptions {
       checkNumber(v, 'failover.maxQueue', { min: 0, integer: true }),
     ),
   }
-  const mo = section(options, 'monitor', ['intervalMs', 'fastIntervalMs', 'confirmRetryMs', 'probeTimeoutMs'])
+  const mo = section(options, 'monitor', [
+    'intervalMs',
+    'fastIntervalMs',
+    'confirmRetryMs',
+    'probeTimeoutMs',
+    'livenessIntervalMs',
+  ])
   const monitor = {
     intervalMs: optional(mo.intervalMs, D.monitor.intervalMs, (v) =>
       checkNumber(v, 'monitor.intervalMs', { min: 10, max: 3_600_000, integer: true }),
@@ -239,12 +285,28 @@ export function resolveOptions(input: unknown): ResolvedOptions {
     probeTimeoutMs: optional(mo.probeTimeoutMs, D.monitor.probeTimeoutMs, (v) =>
       checkNumber(v, 'monitor.probeTimeoutMs', { min: 1, max: 600_000, integer: true }),
     ),
+    livenessIntervalMs: optional(mo.livenessIntervalMs, D.monitor.livenessIntervalMs, (v) =>
+      checkNumber(v, 'monitor.livenessIntervalMs', { min: 0, max: 3_600_000, integer: true }),
+    ),
   }
-  const so = section(options, 'session', ['maxWaitMs'])
-  const session = {
+  const so = section(options, 'session', ['maxWaitMs', 'secret'])
+  const session: ResolvedOptions['session'] = {
     maxWaitMs: optional(so.maxWaitMs, D.session.maxWaitMs, (v) =>
       checkNumber(v, 'session.maxWaitMs', { min: 0, max: 600_000, integer: true }),
     ),
+  }
+  if (so.secret !== undefined) {
+    const list = Array.isArray(so.secret) ? so.secret : [so.secret]
+    if (Array.isArray(so.secret)) checkArray(so.secret, 'session.secret', { nonEmpty: true })
+    if (list.length > 16) throw configError('session.secret', 'at most 16 secrets')
+    list.forEach((k, i) => {
+      const field = Array.isArray(so.secret) ? `session.secret[${i}]` : 'session.secret'
+      // the value is never echoed, not even its type's description of it
+      if (typeof k !== 'string' || k.length < 16)
+        throw configError(field, 'a string of at least 16 characters')
+    })
+    session.secret = Object.freeze([...(list as string[])])
+    hideSecret(session, 'secret')
   }
   return { source, connection, pool, replicas, failover, monitor, session }
 }

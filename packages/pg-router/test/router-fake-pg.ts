@@ -30,6 +30,10 @@ export interface FakePg {
   /** Connections accepted so far / closed so far. */
   accepted: () => number
   closed: () => number
+  /** Like a SIGSTOPped server: new connections complete, nothing is answered until thaw(). */
+  freeze(): void
+  /** Answers what arrived meanwhile, and goes on. */
+  thaw(): void
   /** Sends an unsolicited FATAL (e.g. 57P01) to every open connection, then closes them. */
   terminateAll(code: string): void
   close(): Promise<void>
@@ -127,6 +131,9 @@ export async function startFakePg(answer: (sql: string) => FakeAnswer): Promise<
   const backends = new Map<number, { key: number; sock: net.Socket }>()
   let accepted = 0
   let closed = 0
+  /** SIGSTOP-like: connections still complete (the kernel), nothing is read or answered. */
+  let frozen = false
+  const stalled = new Set<() => void>()
   const server = net.createServer((sock) => {
     accepted++
     const pid = 1000 + accepted
@@ -142,6 +149,11 @@ export async function startFakePg(answer: (sql: string) => FakeAnswer): Promise<
     let started = false
     sock.on('data', (chunk) => {
       buf = Buffer.concat([buf, chunk])
+      if (frozen)
+        stalled.add(drain) // read by the kernel, answered by no one
+      else drain()
+    })
+    const drain = () => {
       for (;;) {
         if (!started) {
           if (buf.length < 8) return
@@ -197,7 +209,7 @@ export async function startFakePg(answer: (sql: string) => FakeAnswer): Promise<
         }
         sock.write('row' in a ? rowResponse(a.row) : rowsResponse(a.rows, a.type ?? 'text'))
       }
-    })
+    }
   })
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r))
   return {
@@ -205,6 +217,15 @@ export async function startFakePg(answer: (sql: string) => FakeAnswer): Promise<
     cancels: () => [...cancels],
     accepted: () => accepted,
     closed: () => closed,
+    freeze() {
+      frozen = true
+    },
+    thaw() {
+      frozen = false
+      const todo = [...stalled]
+      stalled.clear()
+      for (const f of todo) f()
+    },
     terminateAll(code) {
       for (const s of sockets) s.end(errorResponse('FATAL', code))
     },

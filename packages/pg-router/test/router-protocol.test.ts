@@ -161,20 +161,29 @@ describe('a statement that never gets an answer', () => {
   })
 
   it('an aborted write is cancelled on the server too, and the caller hears E_COMMIT_UNKNOWN (it was sent)', async () => {
-    fake = await startFakePg(primary((sql) => (sql.startsWith('SELECT hang') ? { hang: true } : undefined)))
+    let received = 0
+    fake = await startFakePg(
+      primary((sql) => {
+        if (!sql.startsWith('SELECT hang')) return undefined
+        received++
+        return { hang: true }
+      }),
+    )
     db = createPgRouter({ discovery: discoveryOf(fake.port), connection })
     await db.ready({ timeoutMs: 2_000 })
-    const err = await db
-      .write('SELECT hang', undefined, { signal: AbortSignal.timeout(50) })
-      .catch((e: unknown) => e)
+    const ac = new AbortController()
+    const pending = db.write('SELECT hang', undefined, { signal: ac.signal }).catch((e: unknown) => e)
+    await until(() => received === 1) // the server has it
+    ac.abort()
+    const err = await pending
     expect(err).toMatchObject({ code: 'E_COMMIT_UNKNOWN', details: { txid: null } })
     expect((err as Error).cause).toMatchObject({ code: 'E_ABORTED' })
     await until(() => fake!.cancels().length === 1)
     expect(fake.cancels()[0]!.connectionOpen).toBe(true)
     // aborted before anything was sent: E_ABORTED, nothing to cancel
-    const ac = new AbortController()
-    ac.abort()
-    await expect(db.write('SELECT 1', undefined, { signal: ac.signal })).rejects.toMatchObject({
+    const before = new AbortController()
+    before.abort()
+    await expect(db.write('SELECT 1', undefined, { signal: before.signal })).rejects.toMatchObject({
       code: 'E_ABORTED',
     })
   })
@@ -200,6 +209,52 @@ describe('a statement that never gets an answer', () => {
     const p = db.read('SELECT hang', undefined, { signal: ac.signal })
     setTimeout(() => ac.abort(), 30)
     await expect(p).rejects.toMatchObject({ code: 'E_ABORTED' })
+  })
+})
+
+describe('a member that stops answering (frozen: no reset, nothing answered)', () => {
+  it('is suspected by its liveness probe: a write in flight gets E_COMMIT_UNKNOWN long before its deadline, new writes are held, none is sent until it answers and is re-confirmed', async () => {
+    const states: unknown[] = []
+    const s = (m: unknown) => states.push(m)
+    dc.subscribe(channelNames.liveness, s)
+    let inserts = 0
+    try {
+      fake = await startFakePg(
+        primary((sql) => {
+          if (sql.startsWith('INSERT')) inserts++
+          return sql.startsWith('SELECT hang') ? { hang: true } : undefined
+        }),
+      )
+      db = createPgRouter({
+        discovery: discoveryOf(fake.port),
+        connection,
+        pool: { queryTimeoutMs: 30_000 },
+        monitor: { probeTimeoutMs: 300, livenessIntervalMs: 100 },
+        failover: { timeoutMs: 10_000 },
+      })
+      await db.ready({ timeoutMs: 2_000 })
+      await db.write('SELECT 1') // a pooled connection exists
+      const inFlight = db.write('SELECT hang').catch((e: unknown) => e)
+      await new Promise((r) => setTimeout(r, 50))
+      fake.freeze()
+      const t0 = performance.now()
+      const err = await inFlight
+      const ms = performance.now() - t0
+      expect(err).toMatchObject({ code: 'E_COMMIT_UNKNOWN' })
+      expect((err as Error).cause).toMatchObject({ code: 'E_TIMEOUT', details: { reason: 'unresponsive' } })
+      expect(ms).toBeLessThan(2_000) // 100 + 300 ms here; never the 30 s statement deadline
+      expect(states).toContainEqual({ member: 'fake', state: 'unresponsive', reason: 'timeout' })
+      expect(db.topology().primary).toBeNull() // writes held, as for a killed primary
+      const held = db.write('INSERT INTO t VALUES (1)')
+      await new Promise((r) => setTimeout(r, 500))
+      expect(db.stats().queuedWrites).toBe(1)
+      fake.thaw()
+      await expect(held).resolves.toBeDefined() // re-confirmed by SQL, then sent
+      expect(inserts).toBe(1)
+      expect(states).toContainEqual({ member: 'fake', state: 'alive' })
+    } finally {
+      dc.unsubscribe(channelNames.liveness, s)
+    }
   })
 })
 
@@ -309,7 +364,7 @@ describe('a member whose role check says "in recovery"', () => {
     try {
       fake = await startFakePg((sql): FakeAnswer => {
         if (sql.includes('pg_is_in_recovery')) return { rows: ['t'], type: 'bool' }
-        writes++
+        if (sql.startsWith('INSERT')) writes++ // (not the liveness probe's SELECT 1)
         return { rows: ['1'] }
       })
       db = createPgRouter({ discovery: discoveryOf(fake.port), connection, failover: { timeoutMs: 300 } })

@@ -220,6 +220,7 @@ describe('MemberPool against a server that never answers', () => {
       idleTimeoutMs: 1_000,
       connectTimeoutMs: 150,
       probeTimeoutMs: 100,
+      keepAliveInitialDelayMs: 1_000,
       onIdleError: () => {},
     })
 
