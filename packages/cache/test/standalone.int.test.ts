@@ -137,7 +137,10 @@ describe('standalone only', () => {
     const at = { host: endpoint.host, port: endpoint.port }
     const cs = [0, 1, 2].map(() => make({ namespace: n, redis: { ...at } }))
     await until(
-      () => cs.every((c) => c.stats().redisStatus === 'ready' && (c.stats().pubsub ?? 'subscribed') === 'subscribed'),
+      () =>
+        cs.every(
+          (c) => c.stats().redisStatus === 'ready' && (c.stats().pubsub ?? 'subscribed') === 'subscribed',
+        ),
       5_000,
       'ready',
     )
