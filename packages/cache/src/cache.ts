@@ -11,9 +11,11 @@ import {
   ResilientError,
 } from '@resilient/core'
 import { InvalidationBus } from './bus.js'
-import { RedisConnection } from './connection.js'
-import { CacheContext, type CallOptions } from './context.js'
-import { Fills } from './fill.js'
+import { isNodeFailure, RedisConnection } from './connection.js'
+import { CacheContext, type CallOptions, type Outcome } from './context.js'
+import type { Entry } from './entry.js'
+import { Fills, type Flight } from './fill.js'
+import { LocalFloors } from './floors.js'
 import { Invalidator } from './invalidation.js'
 import { LocalCache } from './l1.js'
 import { LoaderRunner } from './loader.js'
@@ -27,6 +29,7 @@ import type {
   CheckResult,
   FillDiscardedEvent,
   GetOrLoadOptions,
+  InvalidateOptions,
   InvalidationEvent,
   Loader,
   LoaderErrorEvent,
@@ -73,7 +76,7 @@ class CacheImpl implements Cache {
     this.#t = t
     this.#l1 = o.l1 ? new LocalCache(o.l1) : undefined
     // Created (and its options checked) even for an L1-only cache, whose breaker never moves.
-    this.#breaker = createBreaker({ ...o.breaker })
+    this.#breaker = createBreaker({ ...o.breaker, isFailure: isNodeFailure })
     this.#redis = o.redis === false ? undefined : new RedisConnection(o, o.redis, this.#breaker, t)
     const c = new CacheContext(o, t, this.#l1, this.#redis)
     this.#c = c
@@ -83,13 +86,18 @@ class CacheImpl implements Cache {
       tags: undefined,
       signal: undefined,
     })
-    const tags = this.#redis ? new TagIndex(this.#redis, o.namespace) : undefined
-    this.#loaders = new LoaderRunner(c.closing)
+    // A fill can still be stored this long after it registered its tags: the lease wait, the
+    // loader's hard timeout, its lookup and write-back, and slack for clocks.
+    const fillBoundMs = (o.lease ? o.lease.waitMs : 0) + o.loaderTimeoutMs.hard + 4 * o.redisTimeoutMs + 1_000
+    const tags = this.#redis ? new TagIndex(this.#redis, o.namespace, fillBoundMs) : undefined
+    const floors = new LocalFloors(o.floorTtlMs)
+    this.#loaders = new LoaderRunner(o.loaderTimeoutMs.hard)
     this.#reads = new ReadPath(c)
-    this.#fills = new Fills(c, this.#reads, this.#loaders, tags)
+    this.#fills = new Fills(c, this.#reads, this.#loaders, tags, floors)
     this.#reads.fills = this.#fills
-    this.#writes = new Invalidator(c, this.#fills, tags)
-    this.#bus = this.#redis && this.#l1 ? new InvalidationBus(this.#redis, this.#writes, t) : undefined
+    this.#writes = new Invalidator(c, this.#fills, tags, floors)
+    // Without an L1 too: other instances' invalidations also cut this process's loads in flight.
+    this.#bus = this.#redis ? new InvalidationBus(this.#redis, this.#writes, t, o.heartbeatMs) : undefined
   }
 
   // ---------------------------------------------------------------- reads
@@ -114,8 +122,13 @@ class CacheImpl implements Cache {
     }
     const opts = this.#callOptions(options)
     let flight = this.#fills.flights.get(key)
-    if (!flight) flight = this.#fills.start(key, loader as Loader<unknown>, opts, staleL1)
-    const outcome = opts.signal ? await raceSignal(flight.promise, opts.signal) : await flight.promise
+    let outcome: Outcome
+    if (flight === undefined) {
+      flight = this.#fills.start(key, loader as Loader<unknown>, opts, staleL1)
+      outcome = opts.signal ? await raceSignal(flight.promise, opts.signal) : await flight.promise
+    } else {
+      outcome = await this.#join(flight, key, loader as Loader<unknown>, opts, staleL1)
+    }
     const counts = this.#t.counts
     if (outcome.source === 'l2') counts.hitsL2++
     else {
@@ -123,6 +136,25 @@ class CacheImpl implements Cache {
       if (outcome.source === 'stale') counts.stale++
     }
     return outcome.value as T
+  }
+
+  /**
+   * A caller that found the key in flight shares that load; but if the key was invalidated
+   * before the load's fill (here, or in Redis: the fill lost its race), this caller may have
+   * begun after that invalidation, and loads again (twice at most) instead of taking the old value.
+   */
+  async #join(
+    flight: Flight,
+    key: string,
+    loader: Loader<unknown>,
+    opts: CallOptions,
+    staleL1: Entry | undefined,
+  ): Promise<Outcome> {
+    for (let attempt = 0; ; attempt++) {
+      const outcome = opts.signal ? await raceSignal(flight.promise, opts.signal) : await flight.promise
+      if (outcome.source !== 'load' || attempt === 2 || (await flight.valid())) return outcome
+      flight = this.#fills.flights.get(key) ?? this.#fills.start(key, loader, opts, staleL1)
+    }
   }
 
   async get<T = unknown>(key: string): Promise<T | undefined> {
@@ -148,16 +180,27 @@ class CacheImpl implements Cache {
     await this.#writes.set(key, value, this.#callOptions(options))
   }
 
-  async delete(key: string): Promise<void> {
+  async delete(key: string, options?: InvalidateOptions): Promise<void> {
     this.#checkOpen()
     this.#checkKey(key)
-    await this.#writes.delete(key)
+    await this.#writes.delete(key, this.#floorOption(options, 'delete'))
   }
 
-  async deleteByTag(tag: string): Promise<number> {
+  async deleteByTag(tag: string, options?: InvalidateOptions): Promise<number> {
     this.#checkOpen()
     this.#checkTag(tag, 'deleteByTag tag')
-    return this.#writes.deleteByTag(tag)
+    return this.#writes.deleteByTag(tag, this.#floorOption(options, 'deleteByTag'))
+  }
+
+  #floorOption(options: InvalidateOptions | undefined, method: string): string | undefined {
+    if (options === undefined) return undefined
+    const o = checkObject(options, `${method} options`)
+    checkKnownKeys(o, `${method} options`, ['floor'])
+    if (o.floor === undefined) return undefined
+    if (typeof o.floor !== 'string' || o.floor.length === 0 || o.floor.length > 4096) {
+      throw configError(`${method} options.floor`, 'a non-empty string of at most 4096 characters', o.floor)
+    }
+    return o.floor
   }
 
   // ---------------------------------------------------------------- checks
@@ -216,6 +259,7 @@ class CacheImpl implements Cache {
       breaker: this.#breaker.state,
       l1Items: this.#l1?.size ?? 0,
       redisStatus: this.#redis ? this.#redis.status : 'none',
+      pubsub: this.#bus ? this.#bus.state : 'none',
     }
   }
 
@@ -225,6 +269,13 @@ class CacheImpl implements Cache {
     if (!redis) return { status: 'pass', output: 'L1 only (no Redis configured)' }
     const r = await redis.ping()
     if (!r.ok) return { status: 'warn', output: `${r.why}: serving from L1 and loaders` }
+    const bus = this.#bus
+    if (bus && this.#l1 && bus.state !== 'subscribed') {
+      return {
+        status: 'warn',
+        output: `invalidation bus ${bus.state}: this L1 does not hear other instances' invalidations (resynced when it subscribes)`,
+      }
+    }
     return { status: 'pass', observedValue: Math.round(r.ms * 1000) / 1000, observedUnit: 'ms' }
   }
 
@@ -240,7 +291,7 @@ class CacheImpl implements Cache {
   async #close(): Promise<void> {
     const reason = new ResilientError('E_SHUTTING_DOWN', 'the cache was closed')
     this.#c.close(reason)
-    this.#loaders.rejectAll(reason)
+    this.#loaders.rejectAll(reason) // and stops the hard-timeout timer: nothing keeps the process alive
     await this.#c.flush()
     this.#bus?.close()
     this.#breaker.shutdown()

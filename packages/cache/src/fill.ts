@@ -1,13 +1,17 @@
 import { randomUUID } from 'node:crypto'
 import { ResilientError, sleep } from '@resilient/core'
+import { type OpResult, SKIPPED } from './connection.js'
 import type { CacheContext, CallOptions, Lookup, Outcome } from './context.js'
 import { noop } from './context.js'
 import { type Entry, encodeL2, makeEntry, serializeValue } from './entry.js'
+import { floorOf, type LocalFloors } from './floors.js'
 import type { Ticket } from './guard.js'
 import { KeyedMap } from './keyed.js'
 import { entryKeys } from './keys.js'
 import { type LoaderRunner, sleepResult, TIMED_OUT } from './loader.js'
+import { GENERATION_TTL_MS } from './options.js'
 import type { ReadPath } from './read-path.js'
+import { newGeneration } from './scripts.js'
 import type { TagIndex } from './tags.js'
 import type { Loader } from './types.js'
 
@@ -15,12 +19,24 @@ import type { Loader } from './types.js'
 export class Flight implements Ticket {
   invalidated = false
   promise!: Promise<Outcome>
+  /** Once its fill was sent: whether Redis stored it (false: an invalidation came first). */
+  verdict: Promise<boolean> | undefined
   #done = false
   constructor(
     readonly key: string,
     readonly tags: readonly string[] | undefined,
     readonly registry: KeyedMap<Flight>,
   ) {}
+
+  /**
+   * Whether a caller that joined this flight may take its loaded value: not if the key was
+   * invalidated while it loaded (here, or in Redis before the fill). The caller that started
+   * it may (its read began before the invalidation); one that joined may have begun after it.
+   */
+  valid(): boolean | Promise<boolean> {
+    if (this.invalidated) return false
+    return this.verdict ?? true
+  }
 
   /** The key is no longer in flight: the next caller starts afresh. Idempotent. */
   finish(): void {
@@ -45,13 +61,21 @@ export class Fills {
   readonly #reads: ReadPath
   readonly #loaders: LoaderRunner
   readonly #tags: TagIndex | undefined
+  readonly #floors: LocalFloors
   readonly flights = new KeyedMap<Flight>()
 
-  constructor(c: CacheContext, reads: ReadPath, loaders: LoaderRunner, tags: TagIndex | undefined) {
+  constructor(
+    c: CacheContext,
+    reads: ReadPath,
+    loaders: LoaderRunner,
+    tags: TagIndex | undefined,
+    floors: LocalFloors,
+  ) {
     this.#c = c
     this.#reads = reads
     this.#loaders = loaders
     this.#tags = tags
+    this.#floors = floors
   }
 
   start(key: string, loader: Loader<unknown>, opts: CallOptions, staleL1: Entry | undefined): Flight {
@@ -91,12 +115,7 @@ export class Fills {
         const token = pre === NOT_READ && c.o.lease ? randomUUID() : ''
         const tagsDone =
           pre === NOT_READ && opts.tags?.length
-            ? this.#tags!.register(
-                key,
-                opts.tags,
-                opts.ttlMs + opts.graceMs,
-                performance.now() + c.o.redisTimeoutMs,
-              )
+            ? this.#tags!.register(key, opts.tags, opts.ttlMs + opts.graceMs)
             : undefined
         const r = pre === NOT_READ ? await this.#reads.lookup(key, token) : pre
         const tagsOk = tagsDone ? await tagsDone : true
@@ -118,8 +137,20 @@ export class Fills {
         }
       }
       c.t.miss(key)
+      // A key without a generation gets one before its loader runs: an invalidation that comes
+      // after changes it, and if an eviction removes it, the fill does not match either.
+      let created: Promise<string | null | undefined> | undefined
+      if (generation === '') {
+        created = this.#createGeneration(key)
+        generation = undefined
+      }
 
       if (waitForLease) {
+        if (stale && stale.hardExp > Date.now()) {
+          // Another process is loading it: serve what we have now instead of waiting for it.
+          flight.finish()
+          return this.#reads.serveStale(key, stale, 'lease-held', undefined)
+        }
         const w = await this.#waitForLease(key, ticket)
         if (w.entry) {
           c.l1?.put(key, w.entry, ticket)
@@ -133,10 +164,15 @@ export class Fills {
         }
       }
 
-      const { soft, hard } = c.o.loaderTimeoutMs
+      const { soft } = c.o.loaderTimeoutMs
+      // The floor of the invalidation this fill follows: from Redis (with the generation), else
+      // what this process heard of.
+      const floor =
+        (generation !== undefined ? floorOf(generation, Date.now()) : undefined) ??
+        this.#floors.forFill(key, opts.tags)
       c.t.counts.loads++
       const started = performance.now()
-      const load = this.#loaders.run(loader, hard)
+      const load = this.#loaders.run(loader, key, floor)
       const settle = async (background: boolean): Promise<Outcome> => {
         let value: unknown
         try {
@@ -158,8 +194,7 @@ export class Fills {
         }
         c.t.load(key, started, true)
         try {
-          const entry = this.#store(key, value, opts, flight, generation, leaseToken, tagsFailed)
-          flight.promise = Promise.resolve({ value: entry.value, source: 'load' })
+          this.#store(key, value, opts, flight, created ?? generation, leaseToken, tagsFailed)
           return { value, source: 'load' }
         } catch (err) {
           if (leaseToken) c.background(this.#releaseLease(key, leaseToken))
@@ -198,7 +233,7 @@ export class Fills {
     value: unknown,
     opts: CallOptions,
     flight: Flight,
-    generation: string | undefined,
+    generation: string | Promise<string | null | undefined> | undefined,
     leaseToken: string,
     tagsFailed: boolean,
   ): Entry {
@@ -222,16 +257,23 @@ export class Fills {
     const data = encodeL2(entry, payload)
     const k = entryKeys(c.namespace, key)
     const px = opts.ttlMs + opts.graceMs
-    const write = redis
-      .script('fill', 'fill', [k.value, k.generation, k.lease], [generation, data, px, leaseToken])
-      .then((r) => {
-        if (r.ok && r.value === 0) {
-          // Another instance invalidated the key while we loaded: drop what we put in L1.
-          c.l1?.deleteIf(key, entry)
-          c.t.discarded(key, 'generation-changed')
-        }
-      })
-    c.background(write.finally(() => flight.finish()))
+    const fill = (g: string | null | undefined) =>
+      g == null
+        ? this.#noFill(key, leaseToken, g === null)
+        : redis.script('fill', 'fill', [k.value, k.generation, k.lease], [g, data, px, leaseToken])
+    const write = (typeof generation === 'string' ? fill(generation) : generation.then(fill)).then((r) => {
+      if (r.ok && r.value === 0) {
+        // Another instance invalidated the key while we loaded: drop what we put in L1.
+        c.l1?.deleteIf(key, entry)
+        c.t.discarded(key, 'generation-changed')
+        return false
+      }
+      return true
+    })
+    flight.verdict = write
+    c.background(write)
+    // Callers from now on read L1, or L2 after the fill (one connection answers in order).
+    flight.finish()
     return entry
   }
 
@@ -260,6 +302,33 @@ export class Fills {
 
   #releaseLease(key: string, token: string): Promise<unknown> {
     return this.#c.redis!.script('release', 'release', [entryKeys(this.#c.namespace, key).lease], [token])
+  }
+
+  /**
+   * Gives a key that has no generation one, before its loader runs (not awaited: commands on
+   * one connection are answered in order, so the answer is in before the fill needs it).
+   * Resolves to the generation the fill must find: the one made here, or one another instance
+   * made first (`c...`: no invalidation came since). A number means an invalidation came after
+   * the lookup: the fill lost its race (null). undefined: Redis did not say (no L2 fill).
+   */
+  #createGeneration(key: string): Promise<string | null | undefined> | undefined {
+    const redis = this.#c.redis
+    if (!redis?.usable()) return undefined
+    const token = newGeneration()
+    const g = entryKeys(this.#c.namespace, key).generation
+    return redis.script('generation', 'generation', [g], [token, GENERATION_TTL_MS]).then((r) => {
+      if (!r.ok || typeof r.value !== 'string') return undefined
+      return r.value === token || r.value.startsWith('c') ? r.value : null
+    })
+  }
+
+  /**
+   * A fill not sent to Redis: it lost its race (an invalidation came: answered as a fill Redis
+   * refused), or its generation is unknown (answered as a failed fill: L1 keeps it). The lease is released.
+   */
+  #noFill(key: string, leaseToken: string, raced: boolean): Promise<OpResult<unknown>> {
+    if (leaseToken) this.#c.background(this.#releaseLease(key, leaseToken))
+    return Promise.resolve(raced ? { ok: true, value: 0 } : SKIPPED)
   }
 
   /** Marks the in-flight load of `key` so that its result is not stored; new callers start afresh. */

@@ -1,7 +1,9 @@
 import { randomUUID } from 'node:crypto'
+import type { BusTarget, InvalidationMessage } from './bus.js'
 import type { CacheContext, CallOptions } from './context.js'
 import { encodeL2, makeEntry, serializeValue } from './entry.js'
 import type { Fills } from './fill.js'
+import type { LocalFloors } from './floors.js'
 import { entryKeys, invalidationChannel } from './keys.js'
 import { GENERATION_TTL_MS } from './options.js'
 import type { TagIndex } from './tags.js'
@@ -10,23 +12,27 @@ import type { InvalidationEvent } from './types.js'
 const TAG_CHUNK = 100
 
 /**
- * Writes and invalidations: `set`, `delete`, `deleteByTag`. Each one acts here first (L1,
- * and in-flight loads of the key, whose results are then stored nowhere), then in Redis (the
- * key's generation is bumped, so fills that read the old one lose), then tells the other
- * instances over pub/sub (see bus.ts).
+ * Writes and invalidations: `set`, `delete`, `deleteByTag`. Each one acts here first (L1, and
+ * in-flight loads of the key, whose results are then stored nowhere), then in Redis (the key's
+ * generation is bumped, so fills that read the old one lose; a `floor` is recorded with it),
+ * then tells the other instances over pub/sub (bus.ts). The Redis part is attempted whatever
+ * the breaker says (one bounded round trip per step): only a client that is not connected
+ * skips it, and then the call rejects with E_CACHE_UNAVAILABLE.
  */
-export class Invalidator {
+export class Invalidator implements BusTarget {
   readonly #c: CacheContext
   readonly #fills: Fills
   readonly #tags: TagIndex | undefined
+  readonly #floors: LocalFloors
   /** This instance, in its messages: it ignores its own. */
   readonly id = randomUUID()
   readonly channel: string
 
-  constructor(c: CacheContext, fills: Fills, tags: TagIndex | undefined) {
+  constructor(c: CacheContext, fills: Fills, tags: TagIndex | undefined, floors: LocalFloors) {
     this.#c = c
     this.#fills = fills
     this.#tags = tags
+    this.#floors = floors
     this.channel = invalidationChannel(c.namespace)
   }
 
@@ -39,22 +45,42 @@ export class Invalidator {
     const redis = c.redis
     if (!redis) return
     const px = opts.ttlMs + opts.graceMs
-    const tags = opts.tags?.length
-      ? this.#tags!.register(key, opts.tags, px, performance.now() + c.o.redisTimeoutMs)
-      : undefined
     const k = entryKeys(c.namespace, key)
+    if (opts.tags?.length) {
+      // Registered before the value is written: a value that a deleteByTag could not find is
+      // never stored. If registration fails, nothing is written, and the old value goes.
+      const registered = await this.#tags!.register(key, opts.tags, px, true)
+      if (!registered) {
+        c.l1?.deleteIf(key, entry)
+        await redis.script(
+          'set',
+          'invalidate',
+          [k.value, k.generation],
+          [GENERATION_TTL_MS, this.channel, this.#message([key], undefined, undefined), '', ''],
+          true,
+        )
+        throw redis.unavailable('set', undefined, 'its tags could not be registered')
+      }
+    }
     const r = await redis.script(
       'set',
       'write',
       [k.value, k.generation],
-      [encodeL2(entry, payload), px, GENERATION_TTL_MS, this.channel, this.message([key])],
+      [
+        encodeL2(entry, payload),
+        px,
+        GENERATION_TTL_MS,
+        this.channel,
+        this.#message([key], undefined, undefined),
+      ],
+      true,
     )
-    const tagsOk = tags ? await tags : true
-    if (!r.ok || !tagsOk) throw redis.unavailable('set', r.ok ? undefined : r.error)
+    if (!r.ok) throw redis.unavailable('set', r.error)
   }
 
-  async delete(key: string): Promise<void> {
+  async delete(key: string, floor: string | undefined): Promise<void> {
     const c = this.#c
+    if (floor !== undefined) this.#floors.key(key, floor)
     this.invalidateLocal([key], 'local')
     const redis = c.redis
     if (!redis) return
@@ -63,39 +89,80 @@ export class Invalidator {
       'delete',
       'invalidate',
       [k.value, k.generation],
-      [GENERATION_TTL_MS, this.channel, this.message([key])],
+      [
+        GENERATION_TTL_MS,
+        this.channel,
+        this.#message([key], undefined, floor),
+        floor ?? '',
+        floor === undefined ? '' : Date.now() + c.o.floorTtlMs,
+      ],
+      true,
     )
     if (!r.ok) throw redis.unavailable('delete', r.error)
   }
 
-  async deleteByTag(tag: string): Promise<number> {
+  async deleteByTag(tag: string, floor: string | undefined): Promise<number> {
     const c = this.#c
-    const local = new Set(c.guard.invalidateTag(tag))
-    for (const key of this.#fills.invalidateTag(tag)) local.add(key)
-    if (c.l1) for (const key of c.l1.keysTagged(tag)) local.add(key)
-    if (local.size > 0) this.invalidateLocal([...local], 'local')
+    if (floor !== undefined) this.#floors.tag(tag, floor)
+    const local = this.#invalidateTagHere(tag)
+    if (local.length > 0) this.invalidateLocal(local, 'local')
     const redis = c.redis
-    if (!redis) return local.size
+    if (!redis) return local.length
     const members = await this.#tags!.members(tag)
     if (!members.ok) throw redis.unavailable('deleteByTag', members.error)
-    const keys = members.value
-    for (let i = 0; i < keys.length; i += TAG_CHUNK) {
+    const { keys, scores } = members.value
+    const floorArgs = floor === undefined ? ['', ''] : [floor, Date.now() + c.o.floorTtlMs]
+    for (let i = 0; i === 0 || i < keys.length; i += TAG_CHUNK) {
       const chunk = keys.slice(i, i + TAG_CHUNK)
       this.invalidateLocal(chunk, 'local')
       const results = await Promise.all(
         chunk.map((key) => {
           const k = entryKeys(c.namespace, key)
-          return redis.script('delete', 'invalidate', [k.value, k.generation], [GENERATION_TTL_MS, '', ''])
+          return redis.script(
+            'deleteByTag',
+            'invalidate',
+            [k.value, k.generation],
+            [GENERATION_TTL_MS, '', '', ...floorArgs],
+            true,
+          )
         }),
       )
       const failed = results.find((r) => !r.ok)
       if (failed) throw redis.unavailable('deleteByTag', failed.ok ? undefined : failed.error)
-      // Published even without an L1 here: other instances of the namespace may have one.
-      const msg = this.message(chunk)
-      await redis.op('publish', redis.timeoutMs, () => redis.client.publish(this.channel, msg))
-      await this.#tags!.forget(tag, chunk)
+      // After the bumps: an instance that rereads Redis on this message sees the new generations.
+      // The first message carries the tag too: other instances drop L1 entries with it that
+      // Redis never heard of (loaded while Redis was unreachable).
+      const msg = this.#message(chunk, i === 0 ? [tag] : undefined, floor)
+      const sent = await redis.command('deleteByTag', 'publish', [this.channel, msg], true)
+      if (!sent.ok) throw redis.unavailable('deleteByTag', sent.error)
+      if (chunk.length > 0) await this.#tags!.forget(tag, chunk, scores.slice(i, i + TAG_CHUNK))
     }
     return keys.length
+  }
+
+  /** Marks in-flight reads and loads carrying `tag`; returns their keys and L1's keys with the tag. */
+  #invalidateTagHere(tag: string): string[] {
+    const c = this.#c
+    const keys = new Set(c.guard.invalidateTag(tag))
+    for (const key of this.#fills.invalidateTag(tag)) keys.add(key)
+    if (c.l1) for (const key of c.l1.keysTagged(tag)) keys.add(key)
+    return [...keys]
+  }
+
+  /** Another instance's invalidation (bus.ts). */
+  received(m: InvalidationMessage): void {
+    const f = m.f
+    let keys: readonly string[] = m.k
+    if (m.t) {
+      const all = new Set(keys)
+      for (const tag of m.t) {
+        if (f !== undefined) this.#floors.tag(tag, f)
+        for (const key of this.#invalidateTagHere(tag)) all.add(key)
+      }
+      keys = [...all]
+    }
+    if (f !== undefined) for (const key of m.k) this.#floors.key(key, f)
+    this.invalidateLocal(keys, 'remote')
   }
 
   /** Drops `keys` from L1 and marks their in-flight reads and loads. */
@@ -124,7 +191,10 @@ export class Invalidator {
     this.#fills.invalidateKey(key)
   }
 
-  message(keys: readonly string[]): string {
-    return JSON.stringify({ i: this.id, k: keys })
+  #message(keys: readonly string[], tags: string[] | undefined, floor: string | undefined): string {
+    const m: InvalidationMessage = { i: this.id, k: keys as string[] }
+    if (tags) m.t = tags
+    if (floor !== undefined) m.f = floor
+    return JSON.stringify(m)
   }
 }

@@ -1,68 +1,70 @@
-import { ResilientError, withTimeout } from '@resilient/core'
-import type { Loader } from './types.js'
+import { ResilientError } from '@resilient/core'
+import { DeadlineGuard } from './deadline.js'
+import type { LoadContext, Loader } from './types.js'
 
 /**
- * Runs loaders with the hard timeout. A loader that declares a parameter gets an
- * AbortSignal (aborted at the hard timeout and on close()); one that does not is raced
- * against a plain timer, which costs far less than an AbortController per load.
+ * What a loader gets. `signal` is made on first use: most loaders never touch it, and an
+ * AbortController per load costs more than the rest of a miss in process.
+ */
+class Context implements LoadContext {
+  readonly key: string
+  readonly floor: string | undefined
+  #controller: AbortController | undefined
+  #aborted = false
+  #reason: unknown
+
+  constructor(key: string, floor: string | undefined) {
+    this.key = key
+    this.floor = floor
+  }
+
+  get signal(): AbortSignal {
+    if (this.#controller === undefined) {
+      this.#controller = new AbortController()
+      if (this.#aborted) this.#controller.abort(this.#reason)
+    }
+    return this.#controller.signal
+  }
+
+  abort(reason: unknown): void {
+    if (this.#aborted) return
+    this.#aborted = true
+    this.#reason = reason
+    this.#controller?.abort(reason)
+  }
+}
+
+function loaderTimeout(ms: number): Error {
+  return new ResilientError('E_TIMEOUT', `cache loader timed out after ${ms} ms`, {
+    details: { timeoutMs: ms },
+  })
+}
+
+/**
+ * Runs loaders under the hard timeout: one deadline queue and one timer for all of them
+ * (every load of a cache has the same `loaderTimeoutMs.hard`), checked after the poll phase
+ * like Redis deadlines (a stalled process does not time its loaders out). At the deadline the
+ * call fails with E_TIMEOUT and `ctx.signal` aborts; on close() every running load fails with
+ * E_SHUTTING_DOWN, its signal aborts, and no timer is left behind.
  */
 export class LoaderRunner {
-  readonly #closing: AbortSignal
-  /** Rejecters of running loads that took no signal: close() settles them with its reason. */
-  readonly #unsignalled = new Set<(err: unknown) => void>()
+  readonly #guard: DeadlineGuard
+  #closed: unknown
 
-  constructor(closing: AbortSignal) {
-    this.#closing = closing
+  constructor(hardMs: number) {
+    this.#guard = new DeadlineGuard(hardMs, loaderTimeout, 'wall')
   }
 
-  run(loader: Loader<unknown>, hard: number): Promise<unknown> {
-    if (loader.length > 0) {
-      return withTimeout(async (signal) => loader(signal as AbortSignal), hard, {
-        signal: this.#closing,
-        operation: 'cache loader',
-      })
-    }
-    const closing = this.#closing
-    if (closing.aborted) return Promise.reject(closing.reason)
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#unsignalled.delete(reject)
-        reject(
-          new ResilientError('E_TIMEOUT', `cache loader timed out after ${hard} ms`, {
-            details: { timeoutMs: hard },
-          }),
-        )
-      }, hard)
-      this.#unsignalled.add(reject)
-      const done = () => {
-        clearTimeout(timer)
-        this.#unsignalled.delete(reject)
-      }
-      let work: Promise<unknown>
-      try {
-        work = Promise.resolve((loader as () => unknown)())
-      } catch (err) {
-        done()
-        reject(err)
-        return
-      }
-      work.then(
-        (v) => {
-          done()
-          resolve(v)
-        },
-        (err) => {
-          done()
-          reject(err)
-        },
-      )
-    })
+  run(loader: Loader<unknown>, key: string, floor: string | undefined): Promise<unknown> {
+    if (this.#closed !== undefined) return Promise.reject(this.#closed)
+    const ctx = new Context(key, floor)
+    return this.#guard.run(() => Promise.resolve(loader(ctx)), 'cache loader', ctx)
   }
 
-  /** close(): settles every running load that took no signal with `reason`. */
+  /** close(): settles every running load with `reason`. */
   rejectAll(reason: unknown): void {
-    for (const reject of this.#unsignalled) reject(reason)
-    this.#unsignalled.clear()
+    this.#closed = reason
+    this.#guard.rejectAll(reason)
   }
 }
 

@@ -10,7 +10,7 @@ import {
   isPlainObject,
   optional,
 } from '@resilient/core'
-import type { Cluster, Redis, RedisOptions } from 'ioredis'
+import type { Cluster, ClusterOptions, Redis, RedisOptions } from 'ioredis'
 import { jsonSerializer, type Serializer } from './serializer.js'
 
 /** Options for a Redis client the cache creates and owns: ioredis options, minus the ones the cache sets. */
@@ -24,10 +24,29 @@ export type CacheRedisOptions = Omit<
   | 'keyPrefix'
 >
 
+/**
+ * A Redis Cluster the cache creates and owns: its startup nodes, and ioredis ClusterOptions
+ * minus the ones the cache sets (no offline queue, no resending, bounded connects).
+ */
+export interface CacheClusterOptions {
+  /** Startup nodes; the cache discovers the rest. */
+  cluster: Array<{ host: string; port: number }>
+  /** ioredis ClusterOptions (e.g. `redisOptions: { password }`, `natMap`). */
+  clusterOptions?: Omit<
+    ClusterOptions,
+    | 'enableOfflineQueue'
+    | 'retryDelayOnFailover'
+    | 'retryDelayOnClusterDown'
+    | 'retryDelayOnTryAgain'
+    | 'lazyConnect'
+    | 'keyPrefix'
+  > & { redisOptions?: CacheRedisOptions }
+}
+
 export interface L1Options {
   /** Most entries kept in process memory (least recently used go first). @default 10_000 */
   maxItems?: number
-  /** Most bytes of serialized values kept in process memory; 0 for no byte bound. @default 0 */
+  /** Most bytes of serialized values kept in process memory (UTF-16 length); 0 for no byte bound. @default 67_108_864 (64 MiB) */
   maxBytes?: number
 }
 
@@ -50,17 +69,18 @@ export interface LoaderTimeoutOptions {
 export interface CacheOptions {
   /**
    * Where L2 lives: ioredis options for a client the cache creates (`{ host, port }`, or
-   * `{ sentinels, name }` for Sentinel), your own ioredis `Redis` or `Cluster` instance
-   * (checked: `commandTimeout` set, offline queue off), or `false` for an L1-only cache.
+   * `{ sentinels, name }` for Sentinel, or `{ cluster: [{ host, port }] }` for a Redis Cluster),
+   * your own ioredis `Redis` or `Cluster` instance (checked: `commandTimeout` set, offline queue
+   * off, no resending), or `false` for an L1-only cache.
    */
-  redis: CacheRedisOptions | Redis | Cluster | false
+  redis: CacheRedisOptions | CacheClusterOptions | Redis | Cluster | false
   /** Prefix of every Redis key and of the invalidation channel. @default 'cache' */
   namespace?: string
   /** How long a value is fresh, in ms. @default 60_000 */
   ttlMs?: number
   /** How long after `ttlMs` a value is kept to be served if the loader fails or is slow (stale-if-error), in ms. @default 0 */
   graceMs?: number
-  /** The in-process layer, or `false` for none. @default { maxItems: 10_000, maxBytes: 0 } */
+  /** The in-process layer, or `false` for none. @default { maxItems: 10_000, maxBytes: 67_108_864 } */
   l1?: L1Options | false
   /** The most time any Redis operation may add to a call, in ms. @default 100 */
   redisTimeoutMs?: number
@@ -76,13 +96,30 @@ export interface CacheOptions {
   maxValueBytes?: number
   /** Loader time limits. @default { soft: 0, hard: 30_000 } */
   loaderTimeoutMs?: LoaderTimeoutOptions
+  /**
+   * Drop and remake the Redis connection after this many timeouts in a row (a black-holed
+   * connection stays "ready" for minutes otherwise); 0 for never. @default 3
+   */
+  reconnectAfterTimeouts?: number
+  /**
+   * How often the pub/sub connection is PINGed (bounded by `redisTimeoutMs`); one that does not
+   * answer is remade, and L1 resynced. A half-open connection is found within about this long.
+   * @default 1_000
+   */
+  heartbeatMs?: number
+  /**
+   * How long the `floor` of a `delete`/`deleteByTag` is handed to the loaders of the fills
+   * that follow it (`ctx.floor`). Keep it above the longest replica lag your reads accept.
+   * @default 300_000
+   */
+  floorTtlMs?: number
 }
 
 export const DEFAULT_CACHE_OPTIONS = Object.freeze({
   namespace: 'cache',
   ttlMs: 60_000,
   graceMs: 0,
-  l1: Object.freeze({ maxItems: 10_000, maxBytes: 0 }),
+  l1: Object.freeze({ maxItems: 10_000, maxBytes: 67_108_864 }),
   redisTimeoutMs: 100,
   breaker: Object.freeze({
     errorThresholdPercentage: 50,
@@ -97,6 +134,9 @@ export const DEFAULT_CACHE_OPTIONS = Object.freeze({
   maxKeyLength: 1024,
   maxValueBytes: 1_048_576,
   loaderTimeoutMs: Object.freeze({ soft: 0, hard: 30_000 }),
+  reconnectAfterTimeouts: 3,
+  heartbeatMs: 1_000,
+  floorTtlMs: 300_000,
 })
 
 /** A generation key outlives any load by far: loads are bounded by `loaderTimeoutMs.hard`. */
@@ -116,6 +156,9 @@ export interface ResolvedOptions {
   maxKeyLength: number
   maxValueBytes: number
   loaderTimeoutMs: { soft: number; hard: number }
+  reconnectAfterTimeouts: number
+  heartbeatMs: number
+  floorTtlMs: number
 }
 
 const KEYS = [
@@ -131,6 +174,9 @@ const KEYS = [
   'maxKeyLength',
   'maxValueBytes',
   'loaderTimeoutMs',
+  'reconnectAfterTimeouts',
+  'heartbeatMs',
+  'floorTtlMs',
 ] as const
 
 export function checkTtl(value: unknown, field: string): number {
@@ -238,6 +284,15 @@ export function resolveOptions(input: unknown): ResolvedOptions {
       loaderTimeoutMs.soft,
     )
   }
+  const reconnectAfterTimeouts = optional(o.reconnectAfterTimeouts, d.reconnectAfterTimeouts, (v) =>
+    checkNumber(v, 'cache.reconnectAfterTimeouts', { min: 0, max: 1_000, integer: true }),
+  )
+  const heartbeatMs = optional(o.heartbeatMs, d.heartbeatMs, (v) =>
+    checkNumber(v, 'cache.heartbeatMs', { min: 10, max: 600_000 }),
+  )
+  const floorTtlMs = optional(o.floorTtlMs, d.floorTtlMs, (v) =>
+    checkNumber(v, 'cache.floorTtlMs', { min: 1, max: GENERATION_TTL_MS, integer: true }),
+  )
   return {
     redis,
     namespace,
@@ -251,5 +306,8 @@ export function resolveOptions(input: unknown): ResolvedOptions {
     maxKeyLength,
     maxValueBytes,
     loaderTimeoutMs,
+    reconnectAfterTimeouts,
+    heartbeatMs,
+    floorTtlMs,
   }
 }

@@ -3,6 +3,8 @@ import type { CacheContext, CallOptions, Lookup, Outcome } from './context.js'
 import { decodeL2, type Entry } from './entry.js'
 import type { Fills, Flight } from './fill.js'
 import { entryBase } from './keys.js'
+import { GENERATION_TTL_MS } from './options.js'
+import { newGeneration } from './scripts.js'
 import type { Loader, StaleReason } from './types.js'
 
 const RESOLVED_UNDEFINED: Promise<undefined> = Promise.resolve(undefined)
@@ -27,14 +29,21 @@ export class ReadPath {
     const base = entryBase(this.#c.namespace, key)
     if (!leaseToken) {
       const read = redis.readL2([`${base}:v`, `${base}:g`])
-      return read === undefined ? RESOLVED_UNDEFINED : read.then(this.decodeReply, redis.readFailed)
+      return read === undefined ? RESOLVED_UNDEFINED : read.then(this.#readOk, redis.readFailed)
     }
     return redis
       .script(
         'lookup',
         'lookupLease',
         [`${base}:v`, `${base}:g`, `${base}:l`],
-        [Date.now(), leaseToken, (this.#c.o.lease as { ttlMs: number }).ttlMs],
+        [
+          Date.now(),
+          leaseToken,
+          (this.#c.o.lease as { ttlMs: number }).ttlMs,
+          // the generation to create if the key has none (see fill.ts #createGeneration)
+          newGeneration(),
+          GENERATION_TTL_MS,
+        ],
       )
       .then(this.#decodeLookup)
   }
@@ -57,7 +66,10 @@ export class ReadPath {
     const read = redis.readL2([`${base}:v`, `${base}:g`])
     if (read === undefined) return this.fills.run(key, loader, opts, staleL1, flight, undefined)
     return read.then(
-      (reply) => this.#afterRead(this.decodeReply(reply), key, loader, opts, staleL1, flight),
+      (reply) => {
+        redis.timeoutStreak = 0
+        return this.#afterRead(this.decodeReply(reply), key, loader, opts, staleL1, flight)
+      },
       (err: unknown) => this.#afterRead(redis.readFailed(err), key, loader, opts, staleL1, flight),
     )
   }
@@ -105,6 +117,11 @@ export class ReadPath {
   serveStale(key: string, stale: Entry, reason: StaleReason, error: unknown): Outcome {
     this.#c.t.stale(key, reason, Math.max(0, Date.now() - stale.exp), error)
     return { value: stale.value, source: 'stale' }
+  }
+
+  #readOk = (reply: unknown): Lookup => {
+    this.#c.redis!.timeoutStreak = 0
+    return this.decodeReply(reply)
   }
 
   decodeReply = (reply: unknown): Lookup => {

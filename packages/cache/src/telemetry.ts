@@ -25,7 +25,9 @@ export interface Counters {
   redisSkipped: number
   fillsDiscarded: number
   invalidationsReceived: number
+  badMessages: number
   decodeErrors: number
+  reconnects: number
 }
 
 /**
@@ -49,7 +51,9 @@ export class Telemetry {
     redisSkipped: 0,
     fillsDiscarded: 0,
     invalidationsReceived: 0,
+    badMessages: 0,
     decodeErrors: 0,
+    reconnects: 0,
   }
   readonly staleEvents = new Emitter<StaleEvent>()
   readonly loaderErrorEvents = new Emitter<LoaderErrorEvent>()

@@ -1,7 +1,31 @@
 import type { BreakerState, BreakerStateChange, Disposable } from '@resilient/core'
 
-/** Loads the value on a miss. Its signal aborts at the hard loader timeout and on close(). */
-export type Loader<T> = (signal: AbortSignal) => T | Promise<T>
+/** What a loader is given. */
+export interface LoadContext {
+  /** The key being loaded. */
+  readonly key: string
+  /**
+   * The newest `floor` of an invalidation (`delete(key, { floor })`, `deleteByTag(tag, { floor })`)
+   * that this fill follows, within `floorTtlMs`; undefined if none. Opaque to the cache: pass it
+   * to whatever reads the source, e.g. `db.session(ctx.floor).read(...)` with pg-router, so that
+   * the read sees the write that caused the invalidation even on a lagging replica.
+   */
+  readonly floor: string | undefined
+  /** Aborts at the hard loader timeout and on close(). Made on first use (it has a cost). */
+  readonly signal: AbortSignal
+}
+
+/** Loads the value on a miss. */
+export type Loader<T> = (ctx: LoadContext) => T | Promise<T>
+
+export interface InvalidateOptions {
+  /**
+   * An opaque string from the write this invalidation follows (e.g. a pg-router session token):
+   * stored with the key's invalidation and handed to the loaders of the fills that follow it as
+   * `ctx.floor`, for `floorTtlMs`. @default undefined
+   */
+  floor?: string
+}
 
 export interface SetOptions {
   /** Fresh for this long, in ms. @default the cache's ttlMs */
@@ -17,7 +41,8 @@ export interface GetOrLoadOptions extends SetOptions {
   signal?: AbortSignal
 }
 
-export type StaleReason = 'loader-error' | 'soft-timeout' | 'hard-timeout'
+/** Why a stale value was served: the loader failed, was slow (soft/hard timeout), or another process holds the lease. */
+export type StaleReason = 'loader-error' | 'soft-timeout' | 'hard-timeout' | 'lease-held'
 
 export interface StaleEvent {
   key: string
@@ -70,12 +95,22 @@ export interface CacheStats {
   fillsDiscarded: number
   /** Invalidation messages received from other instances. */
   invalidationsReceived: number
+  /** Messages on the invalidation channel that are not invalidations (garbage): counted and ignored. */
+  badMessages: number
   /** Values in Redis that could not be decoded (counted as misses). */
   decodeErrors: number
+  /** Connections dropped and made again by the cache (timeouts in a row, a READONLY node). */
+  reconnects: number
   breaker: BreakerState
   l1Items: number
   /** 'ready', 'connecting', 'reconnecting', 'end'..., or 'none' for an L1-only cache. */
   redisStatus: string
+  /**
+   * The invalidation bus (other instances' invalidations, to this L1 and the loads in flight
+   * here): 'subscribed', or 'connecting' / 'subscribing' / 'down' while it cannot hear them;
+   * 'none' without Redis.
+   */
+  pubsub: string
 }
 
 export interface CheckResult {
@@ -92,10 +127,10 @@ export interface Cache {
   get<T = unknown>(key: string): Promise<T | undefined>
   /** Write-through: L1 now, Redis (bounded); in-flight loads of the key are not stored. */
   set(key: string, value: unknown, options?: SetOptions): Promise<void>
-  /** Removes the key from this L1, Redis and (by pub/sub) other instances' L1. */
-  delete(key: string): Promise<void>
+  /** Removes the key from this L1, Redis and (by pub/sub) other instances' L1. Attempted whatever the breaker says. */
+  delete(key: string, options?: InvalidateOptions): Promise<void>
   /** Invalidates every key set or loaded with `tag`; resolves to how many keys Redis knew. */
-  deleteByTag(tag: string): Promise<number>
+  deleteByTag(tag: string, options?: InvalidateOptions): Promise<number>
   stats(): CacheStats
   /** Health check (works unbound). Redis trouble is 'warn': the cache still serves. */
   check: () => Promise<CheckResult>

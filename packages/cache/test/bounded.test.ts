@@ -2,6 +2,7 @@ import { type Cache, createCache, type RedisErrorEvent } from '@resilient/cache'
 import type { BreakerStateChange } from '@resilient/core'
 import { afterEach, describe, expect, it } from 'vitest'
 import { type FakeRedis, startFakeRedis } from './fake-redis.js'
+import { pastTimer } from './support/helpers.js'
 
 // Protocol edge cases against an in-process RESP server on port 0 (real sockets, real timers).
 
@@ -22,7 +23,14 @@ async function until(cond: () => boolean, timeoutMs = 5_000): Promise<void> {
   }
 }
 
+/** Connected, and subscribed (its first subscription resyncs L1: fill L1 after it). */
+function connected(c: Cache): boolean {
+  const s = c.stats()
+  return s.redisStatus === 'ready' && (s.pubsub === 'subscribed' || s.pubsub === 'none')
+}
+
 const TIMEOUT = 50
+/** Past a bare timer: wide, as the first calls of a test file also compile the code they run. */
 const SLACK = 150
 
 describe('a Redis that accepts connections but never answers (like SIGSTOP)', () => {
@@ -37,18 +45,19 @@ describe('a Redis that accepts connections but never answers (like SIGSTOP)', ()
     const c = cache
     const changes: BreakerStateChange[] = []
     c.onBreakerStateChange((e) => changes.push(e))
-    await until(() => c.stats().redisStatus === 'ready')
+    await until(() => connected(c))
 
-    const durations: number[] = []
+    const past: number[] = []
     for (let i = 0; i < 6; i++) {
-      const t0 = performance.now()
-      expect(await c.getOrLoad(`k${i}`, async () => i)).toBe(i)
-      durations.push(performance.now() - t0)
+      past.push(
+        await pastTimer(TIMEOUT, async () => expect(await c.getOrLoad(`k${i}`, async () => i)).toBe(i)),
+      )
     }
-    // The first calls wait out the Redis timeout (and not more); the rest skip Redis. Unit test
-    // files run in parallel on 2 cores, so the slack is wide here (an unbounded client would wait
-    // forever); the tight bound (+20 ms) is asserted by the integration test, which runs alone.
-    expect(Math.max(...durations)).toBeLessThan(TIMEOUT + SLACK)
+    // The first calls wait out the Redis timeout (and not more); the rest skip Redis. Measured
+    // against a bare timer of TIMEOUT started with each call (unit test files run in parallel on
+    // 2 cores shared with other work: a 50 ms timer can take far longer here). An unbounded
+    // client would wait forever; the tight bound (+20 ms, warmed up) is the integration test's.
+    expect(Math.max(...past)).toBeLessThan(SLACK)
     expect(c.stats().breaker).toBe('open')
     expect(changes.map((e) => e.to)).toEqual(['open'])
     expect(c.stats().redisTimeouts).toBeGreaterThanOrEqual(3)
@@ -70,10 +79,13 @@ describe('a Redis that accepts connections but never answers (like SIGSTOP)', ()
     cache = createCache({ redis: { host: '127.0.0.1', port: fake.port }, redisTimeoutMs: TIMEOUT })
     const { check } = cache
     const c = cache
-    await until(() => c.stats().redisStatus === 'ready')
-    const t0 = performance.now()
-    const result = await check()
-    expect(performance.now() - t0).toBeLessThan(TIMEOUT + SLACK)
+    await until(() => connected(c))
+    let result: unknown
+    expect(
+      await pastTimer(TIMEOUT, async () => {
+        result = await check()
+      }),
+    ).toBeLessThan(SLACK)
     expect(result).toEqual({ status: 'warn', output: 'redis ping timed out: serving from L1 and loaders' })
   })
 })
@@ -89,7 +101,7 @@ describe('a Redis that answers garbage or errors', () => {
     const c = cache
     const events: RedisErrorEvent[] = []
     c.onRedisError((e) => events.push(e))
-    await until(() => c.stats().redisStatus === 'ready')
+    await until(() => connected(c))
     for (let i = 0; i < 5; i++) expect(await c.getOrLoad(`k${i}`, async () => `v${i}`)).toBe(`v${i}`)
     await c.flush()
     expect(events.length).toBeGreaterThan(0)
@@ -103,11 +115,11 @@ describe('a Redis that answers garbage or errors', () => {
     cache = createCache({
       redis: { host: '127.0.0.1', port: fake.port },
       namespace: 'errors',
-      redisTimeoutMs: TIMEOUT,
+      redisTimeoutMs: 1_000, // errors, not timeouts, are what this is about
       breaker: { volumeThreshold: 4, resetTimeoutMs: 60_000, consecutiveFailures: 0 }, // the window's rule alone
     })
     const c = cache
-    await until(() => c.stats().redisStatus === 'ready')
+    await until(() => connected(c))
     for (let i = 0; i < 10; i++) expect(await c.getOrLoad(`k${i}`, async () => i)).toBe(i)
     await c.flush()
     expect(c.stats().redisErrors).toBeGreaterThanOrEqual(4)
@@ -122,13 +134,13 @@ describe('a Redis that answers lookups but fails other commands', () => {
     cache = createCache({
       redis: { host: '127.0.0.1', port: fake.port },
       namespace: 'partial',
-      redisTimeoutMs: TIMEOUT,
+      redisTimeoutMs: 1_000, // errors, not timeouts, are what this is about
       breaker: { volumeThreshold: 100 },
     })
     const c = cache
     const discarded: string[] = []
     c.onFillDiscarded((e) => discarded.push(e.reason))
-    await until(() => c.stats().redisStatus === 'ready')
+    await until(() => connected(c))
     expect(await c.getOrLoad('tagged', async () => 'v', { tags: ['t'] })).toBe('v')
     expect(discarded).toEqual(['tag-registration-failed'])
     expect(await c.get('tagged')).toBeUndefined()
@@ -151,7 +163,7 @@ describe('a Redis that is not there', () => {
     const t0 = performance.now()
     for (let i = 0; i < 20; i++) await c.getOrLoad(`k${i}`, async () => i)
     // 20 calls that each waited for Redis would take 20 x TIMEOUT = 1 s
-    expect(performance.now() - t0).toBeLessThan(5 * TIMEOUT)
+    expect(performance.now() - t0).toBeLessThan(10 * TIMEOUT)
     expect(c.stats().redisCommands).toBe(0)
     expect((await c.check()).status).toBe('warn')
     // connection refusals are counted, never thrown as unhandled 'error' events

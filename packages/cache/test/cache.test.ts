@@ -206,8 +206,8 @@ describe('TTL and grace (fake timers)', () => {
     cache = createCache({ redis: false, loaderTimeoutMs: { hard: 200 } })
     let signal: AbortSignal | undefined
     const p = cache
-      .getOrLoad('k', (s) => {
-        signal = s
+      .getOrLoad('k', (ctx) => {
+        signal = ctx.signal
         return new Promise<string>(() => {})
       })
       .catch((e: unknown) => e)
@@ -218,7 +218,7 @@ describe('TTL and grace (fake timers)', () => {
     expect(cache.stats()).toMatchObject({ loaderTimeouts: 1 })
   })
 
-  it('hard timeout for a loader that takes no signal: E_TIMEOUT too (a timer, no AbortController)', async () => {
+  it('hard timeout for a loader that never asks for ctx.signal: E_TIMEOUT too (no AbortController made)', async () => {
     cache = createCache({ redis: false, loaderTimeoutMs: { hard: 200 } })
     const p = cache.getOrLoad('k', () => new Promise<string>(() => {})).catch((e: unknown) => e)
     await vi.advanceTimersByTimeAsync(199)
@@ -305,6 +305,15 @@ describe('invalidation and the race rule (in process)', () => {
     expect(cache.stats().l1Items).toBe(2)
   })
 
+  it('L1 has a byte bound by default: 100 values of 1 MB do not all stay in memory (defect 10)', async () => {
+    cache = createCache({ redis: false })
+    const big = 'x'.repeat(1_000_000)
+    for (let i = 0; i < 100; i++) await cache.getOrLoad(`big${i}`, async () => big)
+    const items = cache.stats().l1Items
+    expect(items).toBeGreaterThan(0)
+    expect(items * 1_000_002).toBeLessThanOrEqual(64 * 1024 * 1024)
+  })
+
   it('L1 honours maxBytes (serialized size)', async () => {
     cache = createCache({ redis: false, l1: { maxItems: 100, maxBytes: 30 } })
     await cache.set('a', 'x'.repeat(12)) // 14 bytes as JSON
@@ -326,8 +335,8 @@ describe('lifecycle and health', () => {
     cache = createCache({ redis: false })
     let signal: AbortSignal | undefined
     const p = cache
-      .getOrLoad('k', (s) => {
-        signal = s
+      .getOrLoad('k', (ctx) => {
+        signal = ctx.signal
         return new Promise(() => {})
       })
       .catch((e: unknown) => e)
@@ -337,6 +346,25 @@ describe('lifecycle and health', () => {
     expect(signal?.aborted).toBe(true)
     await expect(cache.getOrLoad('k', () => 1)).rejects.toMatchObject({ code: 'E_SHUTTING_DOWN' })
     expect((await cache.check()).status).toBe('warn')
+  })
+
+  it('close() leaves no timer behind: a running load’s hard timeout does not keep the process alive (defect 10)', async () => {
+    const timers = () => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length
+    const before = timers()
+    cache = createCache({ redis: false, loaderTimeoutMs: { hard: 60_000 } })
+    const p = cache.getOrLoad('k', () => new Promise(() => {})).catch((e: unknown) => e)
+    const q = cache
+      .getOrLoad(
+        'k2',
+        (ctx) =>
+          new Promise((_, reject) => ctx.signal.addEventListener('abort', () => reject(ctx.signal.reason))),
+      )
+      .catch((e: unknown) => e)
+    expect(timers()).toBeGreaterThan(before)
+    await cache.close()
+    expect(ResilientError.is(await p, 'E_SHUTTING_DOWN')).toBe(true)
+    expect(ResilientError.is(await q, 'E_SHUTTING_DOWN')).toBe(true)
+    expect(timers()).toBe(before)
   })
 
   it('close() settles a running load that took no signal with E_SHUTTING_DOWN', async () => {

@@ -9,8 +9,10 @@ import { createServer, type Server, type Socket } from 'node:net'
  */
 export interface FakeRedis {
   port: number
-  /** Data commands received (anything but the handshake), by name. */
+  /** Data commands received (anything but the handshake and PING), by name. */
   commands: string[]
+  /** PINGs received (the cache's own, and its subscriber's heartbeat): answered per `mode`. */
+  pings: number
   mode: 'hang' | 'garbage' | 'error' | 'lookup-only'
   close(): Promise<void>
 }
@@ -22,6 +24,7 @@ export async function startFakeRedis(mode: FakeRedis['mode']): Promise<FakeRedis
   const fake: FakeRedis = {
     port: 0,
     commands: [],
+    pings: 0,
     mode,
     close: () =>
       new Promise<void>((resolve) => {
@@ -63,6 +66,13 @@ function reply(socket: Socket, args: string[], fake: FakeRedis): void {
   }
   if (HANDSHAKE.has(name)) {
     socket.write('+OK\r\n')
+    return
+  }
+  if (name === 'PING') {
+    fake.pings++
+    if (fake.mode === 'hang') return
+    if (fake.mode === 'lookup-only' || fake.mode === 'error') socket.write('-ERR fake failure\r\n')
+    else socket.write('?this is not RESP\r\n')
     return
   }
   fake.commands.push(name)

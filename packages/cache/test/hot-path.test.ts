@@ -77,7 +77,9 @@ describe('L2 hit path', () => {
     const { client, sent } = stubClient((c) => (c.name === 'mget' ? NO_REPLY : 1))
     cache = createCache({ redis: client, namespace: 'ns', l1: false, redisTimeoutMs: 50 })
     const errors: unknown[] = []
-    cache.onRedisError((e) => errors.push(e.error))
+    cache.onRedisError((e) => {
+      if (e.operation === 'lookup') errors.push(e.error)
+    })
     const p = cache.getOrLoad('k', async () => 'loaded')
     await vi.advanceTimersByTimeAsync(49)
     expect(cache.stats().loads).toBe(0)
@@ -200,16 +202,17 @@ describe('decodeL2', () => {
 })
 
 describe('clients the cache creates', () => {
-  it('the main client has no per-command timer (the deadline guard bounds it); the subscriber keeps commandTimeout', async () => {
+  it('neither the main client nor the subscriber has a per-command timer (the cache bounds their commands itself, after the poll phase)', async () => {
     const { createOwnedClient, createSubscriber } = await import('../src/client.js')
-    const client = createOwnedClient({ host: '127.0.0.1', port: 1, retryStrategy: () => null }, 80)
+    const client = createOwnedClient({ host: '127.0.0.1', port: 1, retryStrategy: () => null }, 80) as Redis
     client.on('error', () => {})
-    const sub = createSubscriber(client, 80) as Redis
+    const sub = createSubscriber(client) as Redis
     sub.on('error', () => {})
     try {
       expect(client.options.commandTimeout).toBeUndefined()
       expect(client.options).toMatchObject({ enableOfflineQueue: false, maxRetriesPerRequest: 0 })
-      expect(sub.options.commandTimeout).toBe(80)
+      expect(sub.options.commandTimeout).toBeUndefined()
+      expect(sub.options).toMatchObject({ enableOfflineQueue: false, autoResubscribe: false })
     } finally {
       client.disconnect()
       sub.disconnect()

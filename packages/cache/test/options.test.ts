@@ -14,6 +14,8 @@ function configErrorOf(fn: () => unknown): ResilientError {
   throw new Error('expected E_CONFIG')
 }
 
+const NO_CLUSTER_RETRIES = { retryDelayOnFailover: 0, retryDelayOnClusterDown: 0, retryDelayOnTryAgain: 0 }
+
 const clients: { disconnect(): void }[] = []
 afterEach(() => {
   for (const c of clients.splice(0)) c.disconnect()
@@ -24,8 +26,11 @@ describe('createCache options', () => {
     expect(DEFAULT_CACHE_OPTIONS.redisTimeoutMs).toBe(100)
     expect(DEFAULT_CACHE_OPTIONS.ttlMs).toBe(60_000)
     expect(DEFAULT_CACHE_OPTIONS.graceMs).toBe(0)
-    expect(DEFAULT_CACHE_OPTIONS.l1).toEqual({ maxItems: 10_000, maxBytes: 0 })
+    expect(DEFAULT_CACHE_OPTIONS.l1).toEqual({ maxItems: 10_000, maxBytes: 67_108_864 })
     expect(DEFAULT_CACHE_OPTIONS.loaderTimeoutMs).toEqual({ soft: 0, hard: 30_000 })
+    expect(DEFAULT_CACHE_OPTIONS.reconnectAfterTimeouts).toBe(3)
+    expect(DEFAULT_CACHE_OPTIONS.heartbeatMs).toBe(1_000)
+    expect(DEFAULT_CACHE_OPTIONS.floorTtlMs).toBe(300_000)
     expect(Object.isFrozen(DEFAULT_CACHE_OPTIONS)).toBe(true)
   })
 
@@ -51,6 +56,9 @@ describe('createCache options', () => {
     [{ redis: { host: '127.0.0.1', port: 1, commandTimeout: 5_000 } }, 'cache.redis.commandTimeout'],
     [{ redis: { host: '127.0.0.1', port: 1, enableOfflineQueue: true } }, 'cache.redis.enableOfflineQueue'],
     [{ redis: { sentinels: [{ host: '127.0.0.1', port: 1 }] } }, 'cache.redis.name'],
+    [{ redis: false, reconnectAfterTimeouts: -1 }, 'cache.reconnectAfterTimeouts'],
+    [{ redis: false, heartbeatMs: 0 }, 'cache.heartbeatMs'],
+    [{ redis: false, floorTtlMs: 0 }, 'cache.floorTtlMs'],
   ])('refuses %j naming %s', (options, field) => {
     const err = configErrorOf(() => createCache(options as never))
     expect(err.message).toContain(field)
@@ -97,10 +105,33 @@ describe('createCache options', () => {
     const c1 = new Cluster([{ host: '127.0.0.1', port: 1 }], { lazyConnect: true })
     clients.push(c1)
     expect(configErrorOf(() => createCache({ redis: c1 })).message).toContain('Cluster) enableOfflineQueue')
-    const c2 = new Cluster([{ host: '127.0.0.1', port: 1 }], { lazyConnect: true, enableOfflineQueue: false })
+    const c2 = new Cluster([{ host: '127.0.0.1', port: 1 }], {
+      lazyConnect: true,
+      enableOfflineQueue: false,
+      ...NO_CLUSTER_RETRIES,
+    })
     clients.push(c2)
     expect(configErrorOf(() => createCache({ redis: c2 })).message).toContain('redisOptions commandTimeout')
   })
+
+  // Defect 9: ioredis's Cluster resends a command after TRYAGAIN, CLUSTERDOWN or a closed
+  // connection (100 ms later by default): a SET could land after the cache told its caller it
+  // failed, and after a delete. A caller's Cluster must turn those off.
+  it.each(['retryDelayOnFailover', 'retryDelayOnClusterDown', 'retryDelayOnTryAgain'])(
+    'refuses a caller Cluster that would resend commands later: %s',
+    (name) => {
+      const cluster = new Cluster([{ host: '127.0.0.1', port: 1 }], {
+        lazyConnect: true,
+        enableOfflineQueue: false,
+        redisOptions: { commandTimeout: 100, autoResendUnfulfilledCommands: false, maxRetriesPerRequest: 0 },
+        ...NO_CLUSTER_RETRIES,
+        [name]: 100,
+      })
+      clients.push(cluster)
+      const err = configErrorOf(() => createCache({ redis: cluster }))
+      expect(err.message).toContain(`cache.redis (your Cluster) ${name}`)
+    },
+  )
 
   it('accepts a well-configured caller client and does not close it', async () => {
     const ok = new Redis({
@@ -121,6 +152,7 @@ describe('createCache options', () => {
       lazyConnect: true,
       enableOfflineQueue: false,
       redisOptions: { commandTimeout: 100, autoResendUnfulfilledCommands: false, maxRetriesPerRequest: 0 },
+      ...NO_CLUSTER_RETRIES,
     })
     clients.push(cluster)
     const cache = createCache({ redis: cluster, namespace: 'cl' })

@@ -1,64 +1,69 @@
 import { type Cache, createCache } from '@resilient/cache'
-import { type Lab, startLab } from '@resilient/lab'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { afterAll, describe, expect, it } from 'vitest'
+import { cacheContract } from './support/contract.js'
+import { pastTimer, sleep, until } from './support/helpers.js'
+import { sentinel } from './support/topology.js'
 
-// Redis with a replica and 3 sentinels (down-after 1 s): about 10 s on 2 cores.
+// The contract suite on a Redis master with a replica behind 3 sentinels (down-after 1 s),
+// then a failover: the master is killed.
 
-let lab: Lab
-let cache: Cache | undefined
+const { topology } = cacheContract(sentinel, { killAndRestart: false })
 
-beforeAll(async () => {
-  lab = await startLab({ nodes: 0, sentinel: true })
-})
-afterAll(async () => {
-  await cache?.close()
-  await lab?.down()
-})
+describe('Sentinel failover', () => {
+  let cache: Cache | undefined
+  afterAll(async () => {
+    await cache?.close()
+  })
 
-async function until(cond: () => Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
-  const end = performance.now() + timeoutMs
-  while (!(await cond())) {
-    if (performance.now() > end) throw new Error(`${what}: not within ${timeoutMs} ms`)
-    await new Promise((r) => setTimeout(r, 50))
-  }
-}
-
-describe('Sentinel', () => {
-  it('keeps serving through the loss of the Redis master and uses the promoted replica after failover', async () => {
-    const sentinel = lab.sentinel!
+  // Defect 11: this used to expect an L1 value to survive the failover. By design the
+  // subscriber reconnects to the promoted replica, and L1 is resynced then (messages may have
+  // been lost): the value may come from L1 before that, and from L2 or the loader after.
+  it('keeps serving through the loss of the Redis master, resyncs L1, and uses the promoted replica', async () => {
+    const lab = topology().lab
+    const s = lab.sentinel!
     const redisTimeoutMs = 100
     const c = createCache({
-      redis: { sentinels: sentinel.sentinels, name: sentinel.name },
-      namespace: 'sent',
+      redis: { sentinels: s.sentinels, name: s.name },
+      namespace: 'failover',
       redisTimeoutMs,
       breaker: { volumeThreshold: 5, resetTimeoutMs: 1_000 },
     })
     cache = c
-    await until(async () => c.stats().redisStatus === 'ready', 5_000, 'connected through the sentinels')
+    await until(
+      () => c.stats().redisStatus === 'ready' && c.stats().pubsub === 'subscribed',
+      10_000,
+      'connected',
+    )
     expect(await c.getOrLoad('kept', async () => 'from the db')).toBe('from the db')
     await c.flush()
+    const resyncs: number[] = []
+    c.onInvalidation((e) => {
+      if (e.source === 'resync') resyncs.push(performance.now())
+    })
     const oldMaster = await lab.killRedisPrimary()
 
-    // While the sentinels fail over: L1 hits, and loads for misses, each within the bound.
-    const durations: number[] = []
+    // While the sentinels fail over: every call answers, each within its bound.
+    const past: number[] = []
     let failedOver = false
     const failover = lab.waitForRedisFailover({ not: oldMaster.port, timeoutMs: 30_000 }).finally(() => {
       failedOver = true
     })
     let i = 0
     while (!failedOver) {
-      const t0 = performance.now()
-      expect(await c.getOrLoad('kept', async () => 'reloaded')).toBe('from the db')
-      expect(await c.getOrLoad(`during-${i}`, async () => i)).toBe(i)
-      durations.push(performance.now() - t0)
+      // two calls; each may add one Redis timeout: measured against a bare timer of two
+      past.push(
+        await pastTimer(2 * redisTimeoutMs, async () => {
+          expect(['from the db', 'reloaded']).toContain(await c.getOrLoad('kept', async () => 'reloaded'))
+          expect(await c.getOrLoad(`during-${i}`, async () => i)).toBe(i)
+        }),
+      )
       i++
-      await new Promise((r) => setTimeout(r, 20))
+      await sleep(20)
     }
     const newMaster = await failover
     expect(newMaster.port).not.toBe(oldMaster.port)
     expect(i).toBeGreaterThan(5)
-    // two calls per sample; each adds at most one Redis timeout
-    expect(Math.max(...durations)).toBeLessThan(2 * (redisTimeoutMs + 30))
+    expect(Math.max(...past)).toBeLessThan(2 * 30)
 
     // The client follows the sentinels to the promoted replica: writes land there.
     await until(
@@ -73,7 +78,13 @@ describe('Sentinel', () => {
       20_000,
       'a write through the cache after failover',
     )
-    expect(await lab.redisCommand(['EXISTS', 'sent:{after-failover}:v'], newMaster.port)).toBe(1)
+    expect(await lab.redisCommand(['EXISTS', 'failover:{after-failover}:v'], newMaster.port)).toBe(1)
+    // The subscriber followed too, and L1 was resynced when it subscribed again.
+    await until(
+      () => c.stats().pubsub === 'subscribed' && resyncs.length > 0,
+      20_000,
+      'resubscribed, L1 resynced',
+    )
     expect((await c.check()).status).toBe('pass')
   })
 })

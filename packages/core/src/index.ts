@@ -15,6 +15,8 @@ export type { Disposable, Listener } from './events.js'
 export { Emitter, toDisposable } from './events.js'
 export type {
   BreakerCallKind,
+  GaugeOptions,
+  GaugePoint,
   MeterProviderLike,
   MetricsSnapshot,
   OperationRecord,

@@ -94,6 +94,17 @@ export type RetryCallKind =
   | 'failed_with_retry'
   | 'failed_without_retry'
 
+/** One observation of a gauge registered with `metrics.observeGauge`. */
+export interface GaugePoint {
+  value: number
+  attributes?: Record<string, string | number | boolean>
+}
+
+export interface GaugeOptions {
+  description: string
+  unit?: string
+}
+
 export interface MetricsSnapshot {
   breakers: {
     name: string
@@ -106,11 +117,16 @@ export interface MetricsSnapshot {
   pools: ({ name: string } & PoolStats)[]
   retries: { name: string; kind: RetryCallKind; count: number }[]
   operations: { system: string; operation: string; count: number; errors: number; sumSeconds: number }[]
+  /** Every point of every gauge registered with `metrics.observeGauge`, read now. */
+  gauges: ({ name: string } & GaugePoint)[]
 }
 
 interface Instruments {
   provider: OtelApi.MeterProvider
+  meter: OtelApi.Meter
   active: boolean
+  /** Gauges of `observeGauge` already created on this meter. */
+  gauges: Set<string>
   operationDuration: OtelApi.Histogram
   connectionTimeouts: OtelApi.Counter
   connectionCreateTime: OtelApi.Histogram
@@ -138,6 +154,8 @@ function loadApi(): Api | null {
 }
 
 const pools = new Map<string, { stats: () => PoolStats }>()
+/** Gauges of `observeGauge`, by name: their options and every source of points. */
+const gauges = new Map<string, { options: GaugeOptions; sources: Set<() => Iterable<GaugePoint>> }>()
 const retryCounts = new Map<string, { name: string; kind: RetryCallKind; count: number }>()
 const operationCounts = new Map<
   string,
@@ -157,6 +175,33 @@ function safePoolStats(stats: () => PoolStats): PoolStats | undefined {
   } catch {
     return undefined // a pool that cannot report is left out of this collection
   }
+}
+
+function safePoints(source: () => Iterable<GaugePoint>): GaugePoint[] {
+  try {
+    const out: GaugePoint[] = []
+    for (const p of source()) if (typeof p?.value === 'number' && Number.isFinite(p.value)) out.push(p)
+    return out
+  } catch {
+    return [] // a source that cannot report is left out of this collection
+  }
+}
+
+/** Creates the observable gauge `name` on `inst`'s meter once. */
+function createGauge(inst: Instruments, name: string): void {
+  const g = gauges.get(name)
+  if (!g || !inst.active || inst.gauges.has(name)) return
+  inst.gauges.add(name)
+  inst.meter
+    .createObservableGauge(name, {
+      description: g.options.description,
+      ...(g.options.unit ? { unit: g.options.unit } : {}),
+    })
+    .addCallback((result) => {
+      for (const source of gauges.get(name)?.sources ?? []) {
+        for (const p of safePoints(source)) result.observe(p.value, p.attributes)
+      }
+    })
 }
 
 function build(otel: Api, provider: OtelApi.MeterProvider): Instruments {
@@ -236,9 +281,11 @@ function build(otel: Api, provider: OtelApi.MeterProvider): Instruments {
       })
   }
 
-  return {
+  const inst: Instruments = {
     provider,
+    meter,
     active,
+    gauges: new Set(),
     operationDuration: seconds(
       metricNames.operationDuration,
       'Duration of database client operations.',
@@ -265,6 +312,8 @@ function build(otel: Api, provider: OtelApi.MeterProvider): Instruments {
       description: 'Calls through a retry policy, by outcome (kind).',
     }),
   }
+  for (const name of gauges.keys()) createGauge(inst, name)
+  return inst
 }
 
 /** The instruments for the current MeterProvider; undefined without @opentelemetry/api. */
@@ -374,6 +423,29 @@ export const metrics = {
     })
   },
 
+  /**
+   * A gauge read at each collection (and by `metricsSnapshot()`): `points()` returns one
+   * observation per attribute set. Several sources may share a name (two routers in one
+   * process); each disposes of its own. A source that throws is left out of that collection.
+   */
+  observeGauge(name: string, options: GaugeOptions, points: () => Iterable<GaugePoint>): Disposable {
+    if (typeof name !== 'string' || name.length === 0)
+      throw new TypeError('gauge name must be a non-empty string')
+    if (typeof points !== 'function') throw new TypeError('points must be a function')
+    let g = gauges.get(name)
+    if (!g) {
+      g = { options: { ...options }, sources: new Set() }
+      gauges.set(name, g)
+    }
+    const source = points
+    g.sources.add(source)
+    const inst = current()
+    if (inst) createGauge(inst, name)
+    return toDisposable(() => {
+      gauges.get(name)?.sources.delete(source)
+    })
+  },
+
   /** `db.client.connection.create_time`: seconds to open one new connection. */
   recordConnectionCreate(pool: string, seconds: number): void {
     const inst = current()
@@ -435,6 +507,9 @@ export function metricsSnapshot(): MetricsSnapshot {
     pools: poolsOut,
     retries: [...retryCounts.values()].map((r) => ({ ...r })),
     operations: [...operationCounts.values()].map((o) => ({ ...o })),
+    gauges: [...gauges.entries()].flatMap(([name, g]) =>
+      [...g.sources].flatMap((source) => safePoints(source).map((p) => ({ name, ...p }))),
+    ),
   }
 }
 

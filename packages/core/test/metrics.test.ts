@@ -126,6 +126,38 @@ describe('metrics with a MeterProvider', () => {
     ])
   })
 
+  it('observeGauge: points read at each collection and in the snapshot; sources share a name; disposal stops one', () => {
+    let a: { value: number; attributes?: Record<string, string> }[] = [{ value: 1, attributes: { k: 'a' } }]
+    const first = metrics.observeGauge('test.gauge', { description: 'a test gauge', unit: '{x}' }, () => a)
+    const second = metrics.observeGauge('test.gauge', { description: 'a test gauge' }, () => [
+      { value: 2, attributes: { k: 'b' } },
+    ])
+    const broken = metrics.observeGauge('test.gauge', { description: 'a test gauge' }, () => {
+      throw new Error('cannot report')
+    })
+    const g = fake.instruments.get('test.gauge')!
+    expect(g.kind).toBe('observable-gauge')
+    expect(g.options).toEqual({ description: 'a test gauge', unit: '{x}' })
+    expect(fake.collect('test.gauge')).toEqual([
+      { value: 1, attrs: { k: 'a' } },
+      { value: 2, attrs: { k: 'b' } },
+    ])
+    a = []
+    expect(fake.collect('test.gauge')).toEqual([{ value: 2, attrs: { k: 'b' } }])
+    expect(metricsSnapshot().gauges).toEqual([{ name: 'test.gauge', value: 2, attributes: { k: 'b' } }])
+    second.dispose()
+    broken.dispose()
+    expect(fake.collect('test.gauge')).toEqual([])
+    first.dispose()
+    // a provider set later gets the gauge too
+    const late = fakeProvider()
+    const again = metrics.observeGauge('test.gauge', { description: 'a test gauge' }, () => [{ value: 3 }])
+    metrics.setMeterProvider(late.provider)
+    expect(metrics.active).toBe(true)
+    expect(late.collect('test.gauge')).toEqual([{ value: 3, attrs: {} }])
+    again.dispose()
+  })
+
   it('observes a pool: connection count by state, pending requests, max; disposal stops it', () => {
     let used = 3
     const d = metrics.observePool('pg1', () => ({ idle: 2, used, pending: 1, max: 10 }))

@@ -35,6 +35,11 @@ export const channelNames = {
   liveness: 'resilient:pg-router:liveness',
   /** { reason } when db.session(token) got a token it could not use (it starts empty instead). */
   badToken: 'resilient:pg-router:session:bad-token',
+  /**
+   * The TimelineRegressionEvent given to onTimelineRegression listeners: a confirmed primary on
+   * a lower timeline than one this router had acknowledged writes on.
+   */
+  timelineRegression: 'resilient:pg-router:timeline:regression',
 } as const
 
 export const channels = {
@@ -49,5 +54,6 @@ export const channels = {
   retry: diagnostics_channel.channel(channelNames.retry),
   replicaExcluded: diagnostics_channel.channel(channelNames.replicaExcluded),
   badToken: diagnostics_channel.channel(channelNames.badToken),
+  timelineRegression: diagnostics_channel.channel(channelNames.timelineRegression),
   liveness: diagnostics_channel.channel(channelNames.liveness),
 }

@@ -1,3 +1,5 @@
+import type { TimelineRegressionEvent } from './timeline.js'
+
 /** The health check result shape @resilient/health consumes (draft-inadarei-api-health-check). */
 export interface CheckResult {
   status: 'pass' | 'warn' | 'fail'
@@ -24,6 +26,8 @@ export interface CheckState {
   conflict(): string[] | null
   /** `failover.timeoutMs`: how long writes are held before they fail. */
   failoverTimeoutMs(): number
+  /** Timeline regressions detected and not acknowledged (absent: none). */
+  timelineRegressions?(): readonly TimelineRegressionEvent[]
 }
 
 /**
@@ -36,6 +40,29 @@ export interface CheckState {
  * - pass: otherwise. observedValue: milliseconds since discovery last answered.
  */
 export function createCheck(state: CheckState): () => Promise<CheckResult> {
+  const base = createBaseCheck(state)
+  return async () => {
+    const r = await base()
+    const lost = state.timelineRegressions?.() ?? []
+    if (lost.length === 0 || r.output === 'router is closed') return r
+    // Past data loss: the pod can still serve, so warn (never fail) until acknowledged.
+    const e = lost[lost.length - 1]!
+    const iso = (t: number) => new Date(t).toISOString()
+    const output =
+      `timeline went back from ${e.lostTimeline} to ${e.timeline} (${e.member}): writes acknowledged ` +
+      `between ${iso(e.writesFrom)} and ${iso(e.writesUntil)} may be lost` +
+      (lost.length > 1 ? ` (${lost.length} regressions)` : '') +
+      '; db.acknowledgeTimelineRegressions() once handled'
+    return {
+      ...r,
+      status: r.status === 'fail' ? 'fail' : 'warn',
+      output: r.output === undefined ? output : `${r.output}; ${output}`,
+      details: { ...r.details, timelineRegressions: lost.map((x) => ({ ...x })) },
+    }
+  }
+}
+
+function createBaseCheck(state: CheckState): () => Promise<CheckResult> {
   return async () => {
     if (state.closed()) return { status: 'fail', output: 'router is closed' }
     const conflict = state.conflict()

@@ -133,6 +133,7 @@ export class WriterGate {
 
   /** A write was acknowledged by `member`. */
   noteWriteSuccess(member: Member): void {
+    member.writes++
     const p = this.#pending
     if (!p || p.event.to !== member.name) return
     const now = performance.now()

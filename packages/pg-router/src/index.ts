@@ -43,7 +43,7 @@ export type {
   QueryText,
   RouterStats,
 } from './router.js'
-export { createPgRouter } from './router.js'
+export { createPgRouter, TIMELINE_REGRESSION_METRIC } from './router.js'
 export type {
   IsolationLevel,
   StatementOptions,
@@ -53,4 +53,6 @@ export type {
   WriteOptions,
 } from './session.js'
 export { decodeToken, encodeToken, Session } from './session.js'
+export type { PositionRejection, TokenStats } from './session-tokens.js'
+export type { TimelineInfo, TimelineRegressionEvent, TimelineSwitch } from './timeline.js'
 export type { MemberView, Topology } from './topology.js'

@@ -15,6 +15,14 @@ import { abandonUnresponsive, Liveness } from './liveness.js'
 import { MemberPool } from './member-pool.js'
 import type { ResolvedOptions } from './options.js'
 import {
+  historyOf,
+  parseHistoryFile,
+  type TimelineInfo,
+  type TimelineRegressionEvent,
+  type TimelineSwitch,
+  TimelineWatch,
+} from './timeline.js'
+import {
   eligibleReplicas,
   type Member,
   parseLsn,
@@ -37,6 +45,9 @@ const WRITER_POLL_SQL =
 const REPLICA_POLL_SQL =
   'SELECT pg_last_wal_replay_lsn()::text AS lsn, (SELECT received_tli FROM pg_stat_wal_receiver) AS tl'
 
+/** How often the history of the primary's timeline is asked for again while it is unknown. */
+const HISTORY_RETRY_MS = 5_000
+
 function noop(): void {}
 
 /** Forget what was measured of `m`'s WAL position (role, timeline or pool generation changed). */
@@ -58,6 +69,9 @@ export class Monitor {
   readonly gate: WriterGate
   readonly topologyChanges = new Emitter<Topology>()
   readonly failovers = new Emitter<FailoverEvent>()
+  readonly timelineRegressions = new Emitter<TimelineRegressionEvent>()
+  /** Which timelines this router wrote on; regressions detected and not acknowledged. */
+  readonly timelines = new TimelineWatch()
   discoveryFailures = 0
   consecutiveDiscoveryFailures = 0
   lastDiscoveryAt: number | null = null
@@ -83,6 +97,12 @@ export class Monitor {
   #replicaFlight = new SingleFlight<'replicas', void>()
   /** The confirmed primary's timeline, as last measured (kept while none is confirmed). */
   #primaryTimeline: number | null = null
+  #systemId: string | null = null
+  #systemIdOf: Member | null = null
+  /** The switch points of the primary timeline's ancestors, once known. */
+  #history: { timeline: number; switches: readonly TimelineSwitch[] } | null = null
+  #historyAskedAt = Number.NEGATIVE_INFINITY
+  #historyFlight = new SingleFlight<'history', void>()
   #abort = new AbortController()
   /** Probes of every member on connections of the monitor's own (liveness.ts). */
   readonly #liveness: Liveness
@@ -188,6 +208,7 @@ export class Monitor {
     if (this.gate.suspect(reason)) {
       publish(channels.suspect, { member: writer.name, reason })
       writer.pool.drain()
+      this.timelines.sample(writer, writer.lsnTimeline) // its writes so far, on its timeline
       resetLsn(writer) // a new pool generation: whatever it says next is measured afresh
       this.nudge()
     }
@@ -346,6 +367,7 @@ export class Monitor {
       lsnEpoch: 0,
       measuredLagBytes: null,
       downUntil: 0,
+      writes: 0,
       noLoadBalance: d.noLoadBalance === true,
       offTimeline: false,
       pool,
@@ -403,6 +425,7 @@ export class Monitor {
     this.lastConfirmError = null
     const previous = this.gate.suspectedAt
     this.gate.confirm(candidate)
+    this.timelines.confirmed(candidate)
     publish(channels.confirmed, { member: candidate.name, suspectedAt: previous })
   }
 
@@ -427,6 +450,90 @@ export class Monitor {
     if (writer === null) return
     await this.#probe(writer, WRITER_POLL_SQL, true)
     this.#afterPoll()
+    if (this.gate.writer === writer && writer.lsnTimeline !== null)
+      this.#onWriterTimeline(writer, writer.lsnTimeline)
+  }
+
+  /** The confirmed writer measured on timeline `tl`: count its writes there, look for a regression, learn the history. */
+  #onWriterTimeline(writer: Member, tl: number): void {
+    this.timelines.sample(writer, tl)
+    const e = this.timelines.check(writer, tl)
+    if (e) {
+      publish(channels.timelineRegression, e)
+      this.timelineRegressions.emit(e)
+    }
+    if (this.#systemIdOf !== writer) void this.#fetchSystemId(writer)
+    if (this.#history?.timeline !== tl && performance.now() - this.#historyAskedAt >= HISTORY_RETRY_MS) {
+      void this.#historyFlight.do('history', () => this.#fetchHistory(writer, tl))
+    }
+  }
+
+  /** One short query on the writer; null on any failure (the writer poll reports its health). */
+  async #ask<R extends Record<string, unknown>>(
+    m: Member,
+    sql: string,
+    values?: unknown[],
+  ): Promise<R | null> {
+    let lease: Awaited<ReturnType<MemberPool['acquire']>> | undefined
+    try {
+      lease = await m.pool.acquire('read', this.#abort.signal)
+      const r = await lease.query<R>(sql, values, this.#opts.monitor.probeTimeoutMs, this.#abort.signal)
+      lease.release()
+      return r.rows[0] ?? null
+    } catch {
+      lease?.release(true)
+      return null
+    }
+  }
+
+  async #fetchSystemId(writer: Member): Promise<void> {
+    const row = await this.#ask<{ s: unknown }>(
+      writer,
+      'SELECT system_identifier::text AS s FROM pg_control_system()',
+    )
+    if (this.gate.writer !== writer || typeof row?.s !== 'string') return
+    this.#systemId = row.s
+    this.#systemIdOf = writer
+  }
+
+  /**
+   * The history of timeline `tl`: from discovery (Patroni `GET /history`) when it describes
+   * `tl` (Patroni refreshes it a loop late), else the timeline history file on the primary
+   * (`pg_read_file`, which needs superuser or pg_read_server_files). Unknown: asked again
+   * every HISTORY_RETRY_MS.
+   */
+  async #fetchHistory(writer: Member, tl: number): Promise<void> {
+    this.#historyAskedAt = performance.now()
+    let switches: readonly TimelineSwitch[] | null = tl === 1 ? [] : null
+    if (switches === null && this.#discovery.history) {
+      const list = await this.#discovery.history(this.#abort.signal).catch(() => null)
+      switches = historyOf(list, tl)
+    }
+    if (switches === null) {
+      const file = `pg_wal/${tl.toString(16).toUpperCase().padStart(8, '0')}.history`
+      const row = await this.#ask<{ h: unknown }>(writer, 'SELECT pg_read_file($1) AS h', [file])
+      switches = historyOf(parseHistoryFile(row?.h), tl)
+    }
+    if (switches !== null && this.#primaryTimeline === tl) this.#history = { timeline: tl, switches }
+  }
+
+  /** The primary's timeline, system identifier and timeline history as known now. */
+  timelineInfo(): TimelineInfo {
+    const timeline = this.#primaryTimeline
+    const h = this.#history
+    return {
+      timeline,
+      systemId: this.#systemId,
+      history: h !== null && h.timeline === timeline ? h.switches : null,
+    }
+  }
+
+  /** Where timeline `tl` ended on the primary's history: undefined when the history is unknown, null when `tl` is not an ancestor. */
+  timelineEnd(tl: number): bigint | null | undefined {
+    const h = this.#history
+    if (h === null || h.timeline !== this.#primaryTimeline) return undefined
+    for (const s of h.switches) if (s.timeline === tl) return s.endLsn
+    return null
   }
 
   #pollReplicas = async (): Promise<void> => {
@@ -535,6 +642,12 @@ export class Monitor {
   /** The confirmed primary's timeline as last measured; null before one is known. */
   get primaryTimeline(): number | null {
     return this.#primaryTimeline
+  }
+
+  /** The confirmed primary's insert position as last polled, on `primaryTimeline`; null when unknown. */
+  primaryLsn(): bigint | null {
+    const w = this.gate.writer
+    return w !== null && w.lsnTimeline !== null && w.lsnTimeline === this.#primaryTimeline ? w.lsn : null
   }
 
   topology(): Topology {

@@ -86,6 +86,13 @@ export interface MonitorOptions {
 export interface SessionOptions {
   /** A session read waits at most this long for a replica to replay the session's last write, then goes to the primary. @default 100 */
   maxWaitMs?: number
+  /**
+   * Signs session tokens (HMAC-SHA256), at least 16 characters. A list rotates keys: the first
+   * signs, any verifies. Set, a token without a valid signature is ignored (counted in
+   * `stats().tokens.badSignature`). Never shown in errors, inspect, stats or channels.
+   * @default none: tokens are unsigned, and checked against the cluster before use
+   */
+  secret?: string | string[]
 }
 
 export interface PgRouterOptions {
@@ -138,7 +145,8 @@ export interface ResolvedOptions {
   replicas: Required<ReplicaOptions>
   failover: Required<FailoverOptions>
   monitor: Required<MonitorOptions>
-  session: Required<SessionOptions>
+  /** `secret` is non-enumerable (out of inspect, JSON and spreads). */
+  session: { maxWaitMs: number; secret?: readonly string[] }
 }
 
 function section(options: Record<string, unknown>, key: string, allowed: readonly string[]) {
@@ -281,11 +289,24 @@ export function resolveOptions(input: unknown): ResolvedOptions {
       checkNumber(v, 'monitor.livenessIntervalMs', { min: 0, max: 3_600_000, integer: true }),
     ),
   }
-  const so = section(options, 'session', ['maxWaitMs'])
-  const session = {
+  const so = section(options, 'session', ['maxWaitMs', 'secret'])
+  const session: ResolvedOptions['session'] = {
     maxWaitMs: optional(so.maxWaitMs, D.session.maxWaitMs, (v) =>
       checkNumber(v, 'session.maxWaitMs', { min: 0, max: 600_000, integer: true }),
     ),
+  }
+  if (so.secret !== undefined) {
+    const list = Array.isArray(so.secret) ? so.secret : [so.secret]
+    if (Array.isArray(so.secret)) checkArray(so.secret, 'session.secret', { nonEmpty: true })
+    if (list.length > 16) throw configError('session.secret', 'at most 16 secrets')
+    list.forEach((k, i) => {
+      const field = Array.isArray(so.secret) ? `session.secret[${i}]` : 'session.secret'
+      // the value is never echoed, not even its type's description of it
+      if (typeof k !== 'string' || k.length < 16)
+        throw configError(field, 'a string of at least 16 characters')
+    })
+    session.secret = Object.freeze([...(list as string[])])
+    hideSecret(session, 'secret')
   }
   return { source, connection, pool, replicas, failover, monitor, session }
 }

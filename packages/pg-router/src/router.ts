@@ -1,5 +1,5 @@
 import { inspect } from 'node:util'
-import { type Disposable, publish, ResilientError } from '@resilient/core'
+import { type Disposable, metrics, publish, ResilientError } from '@resilient/core'
 import type { PoolOptions, QueryResult, QueryResultRow } from 'pg'
 import { channels } from './channels.js'
 import { type CheckResult, createCheck } from './check.js'
@@ -12,7 +12,6 @@ import { Monitor } from './monitor.js'
 import { type PgRouterOptions, type ResolvedOptions, resolveOptions } from './options.js'
 import { Routing } from './routing.js'
 import {
-  decodeToken,
   Session,
   type SessionHost,
   type StatementOptions,
@@ -20,8 +19,10 @@ import {
   type TransactionOptions,
   type WriteOptions,
 } from './session.js'
+import { SessionTokens, type TokenStats } from './session-tokens.js'
 import { Statements } from './statement.js'
 import { createRunStatement, type QueryText } from './statement-metrics.js'
+import type { TimelineInfo, TimelineRegressionEvent } from './timeline.js'
 import { eligibleReplicas, type Member, type Topology } from './topology.js'
 import { type CommitStatus, Transactions } from './transaction.js'
 
@@ -49,8 +50,10 @@ export interface RouterStats {
     source: string | null
   }
   members: MemberStats[]
-  /** Session tokens that could not be used (ignored; the session started empty). */
+  /** Session tokens and positions ignored, for any reason (the sum of `tokens` but `rebased`). */
   badTokens: number
+  /** Session tokens and positions by what happened to them (see the README's read-your-writes section). */
+  tokens: TokenStats
   retries: { read: number; write: number; transaction: number }
 }
 
@@ -87,6 +90,20 @@ export interface PgRouter {
   /** Health check from state only (no query). Safe to pass unbound: `{ check: db.check }`. */
   check: () => Promise<CheckResult>
   stats(): RouterStats
+  /**
+   * The cluster went back to a lower timeline than one this router had acknowledged writes on
+   * (those writes may be lost): an event per regression; also channel `timelineRegression`.
+   */
+  onTimelineRegression(listener: (e: TimelineRegressionEvent) => void): Disposable
+  /**
+   * Regressions detected and not acknowledged yet: `check()` warns and the
+   * `resilient.pg_router.timeline.regression` gauge reports each until acknowledged.
+   */
+  timelineRegressions(): TimelineRegressionEvent[]
+  /** Marks every regression detected so far as handled (check() passes again); returns how many. */
+  acknowledgeTimelineRegressions(): number
+  /** The primary's timeline, system identifier and timeline history as the router knows them now. */
+  timelineInfo(): TimelineInfo
   /** After E_COMMIT_UNKNOWN: asks the primary `pg_xact_status(txid)`; null when it cannot tell. */
   resolveCommit(txid: string | number | bigint, options?: StatementOptions): Promise<CommitStatus | null>
   close(): Promise<void>
@@ -103,6 +120,9 @@ function makeDiscovery(opts: ResolvedOptions): Discovery {
   })
 }
 
+/** The gauge of unacknowledged timeline regressions (see `db.timelineRegressions()`). */
+export const TIMELINE_REGRESSION_METRIC = 'resilient.pg_router.timeline.regression'
+
 /** Creates a router. Options are checked here (E_CONFIG naming the field); no I/O starts before this returns. */
 export function createPgRouter(options: PgRouterOptions): PgRouter {
   const opts = resolveOptions(options)
@@ -117,7 +137,7 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
     closed: false,
   }
   let closing: Promise<void> | null = null
-  let badTokens = 0
+  const tokens = new SessionTokens(opts.session.secret, monitor, opts.session.maxWaitMs)
 
   const discoveryErrors = discovery.onError((e) => {
     publish(channels.discoveryError, { source: e.source, error: e.error })
@@ -145,6 +165,9 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
     writeTracked: (text, values, options, onPosition) =>
       statements.execute('write', text, values, options, null, onPosition),
     transactionTracked: (fn, options, min, onPosition) => transactions.run(fn, options, min, onPosition),
+    reconcile: (pos, trusted) => tokens.reconcile(pos, trusted),
+    observed: (pos) => tokens.observed(pos),
+    encode: (pos) => tokens.encode(pos),
   }
 
   function query(text: QueryText, a?: unknown, b?: unknown): Promise<QueryResult> | undefined {
@@ -190,7 +213,29 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
       }).filter((m) => m !== gate.writer).length,
     conflict: () => monitor.conflict,
     failoverTimeoutMs: () => opts.failover.timeoutMs,
+    timelineRegressions: () => monitor.timelines.unacknowledged,
   })
+
+  // One point per unacknowledged regression, naming both timelines and the window of writes
+  // that may be lost (epoch seconds); nothing once acknowledged.
+  const regressionGauge = metrics.observeGauge(
+    TIMELINE_REGRESSION_METRIC,
+    {
+      description:
+        'Unacknowledged timeline regressions: the cluster went back to a lower timeline than one this router had acknowledged writes on.',
+    },
+    () =>
+      monitor.timelines.unacknowledged.map((e) => ({
+        value: 1,
+        attributes: {
+          'pg_router.timeline.lost': e.lostTimeline,
+          'pg_router.timeline.current': e.timeline,
+          'pg_router.member': e.member,
+          'pg_router.writes.from': Math.floor(e.writesFrom / 1000),
+          'pg_router.writes.until': Math.ceil(e.writesUntil / 1000),
+        },
+      })),
+  )
 
   const router: PgRouter & { [inspect.custom]: () => string } = {
     async ready(readyOptions) {
@@ -211,19 +256,19 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
     transaction: (fn, options) => transactions.run(fn, options, null),
     session(token) {
       if (token === undefined || token === null || token === '') return new Session(sessionHost, null)
-      const decoded = decodeToken(token)
-      if (!decoded.ok) {
-        badTokens++
-        publish(channels.badToken, { reason: decoded.reason })
-        return new Session(sessionHost, null)
-      }
-      return new Session(sessionHost, { lsn: decoded.data.lsn, timeline: decoded.data.timeline ?? null })
+      const opened = tokens.open(token)
+      if (opened === null) return new Session(sessionHost, null)
+      return new Session(sessionHost, opened.pos, opened.trusted)
     },
     primary: undefined as unknown as RouterPool,
     replicas: undefined as unknown as RouterPool,
     topology: () => monitor.topology(),
     onFailover: (listener) => monitor.failovers.on(listener),
     onTopologyChange: (listener) => monitor.topologyChanges.on(listener),
+    onTimelineRegression: (listener) => monitor.timelineRegressions.on(listener),
+    timelineRegressions: () => monitor.timelines.unacknowledged.map((e) => ({ ...e })),
+    acknowledgeTimelineRegressions: () => monitor.timelines.acknowledge(),
+    timelineInfo: () => monitor.timelineInfo(),
     check,
     stats() {
       const t = monitor.topology()
@@ -248,7 +293,8 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
           lagBytes: m.measuredLagBytes ?? m.reportedLagBytes,
           healthy: healthy.has(m.name),
         })),
-        badTokens,
+        badTokens: tokens.ignored,
+        tokens: { ...tokens.stats },
         retries: { ...ctx.retries },
       }
     },
@@ -257,6 +303,7 @@ export function createPgRouter(options: PgRouterOptions): PgRouter {
       if (closing) return closing
       ctx.closed = true
       discoveryErrors.dispose()
+      regressionGauge.dispose()
       closing = monitor.close()
       return closing
     },

@@ -113,6 +113,15 @@ export interface SessionHost {
     min: WalPosition | null,
     onPosition: (pos: WalPosition) => void,
   ): Promise<T>
+  /**
+   * `pos` reconciled with the cluster before a read relies on it (SessionTokens.reconcile):
+   * as is, moved onto the primary's timeline, null (ignore it), or a promise of either.
+   */
+  reconcile(pos: WalPosition, trusted: boolean): WalPosition | null | Promise<WalPosition | null>
+  /** A write of this router reached `pos` on the primary. */
+  observed(pos: WalPosition): void
+  /** The token of `pos` (signed when session.secret is set). */
+  encode(pos: WalPosition): string
 }
 
 /**
@@ -130,11 +139,17 @@ export function laterPosition(a: WalPosition | null, b: WalPosition): WalPositio
 
 export class Session {
   #pos: WalPosition | null
+  /** `#pos` came from this router's own write, a signed token, or was checked against the cluster. */
+  #trusted: boolean
+  #tokenOf: WalPosition | null = null
+  #token = ''
   readonly #host: SessionHost
 
-  constructor(host: SessionHost, pos: WalPosition | null) {
+  /** `trusted: false`: a position from an unsigned token, checked against the cluster before its first use. */
+  constructor(host: SessionHost, pos: WalPosition | null, trusted = true) {
     this.#host = host
     this.#pos = pos
+    this.#trusted = trusted
   }
 
   /** The WAL position this session must see; null before its first write. */
@@ -149,11 +164,41 @@ export class Session {
 
   /** Opaque, URL-safe; resume with `db.session(token)`. Empty string before the first write. */
   get token(): string {
-    return this.#pos === null ? '' : encodeToken(this.#pos)
+    const pos = this.#pos
+    if (pos === null) return ''
+    if (this.#tokenOf !== pos) {
+      this.#token = this.#host.encode(pos)
+      this.#tokenOf = pos
+    }
+    return this.#token
   }
 
   #advance = (pos: WalPosition) => {
-    this.#pos = laterPosition(this.#pos, pos)
+    this.#host.observed(pos)
+    const next = laterPosition(this.#pos, pos)
+    if (next === pos) this.#trusted = true
+    this.#pos = next
+  }
+
+  /** The position a read may rely on now (reconciled with the cluster; kept for the next read). */
+  #position(): WalPosition | null | Promise<WalPosition | null> {
+    const pos = this.#pos
+    if (pos === null) return null
+    const r = this.#host.reconcile(pos, this.#trusted)
+    if (r === pos) return pos
+    if (r instanceof Promise) return r.then((p) => this.#settle(pos, p))
+    return this.#settle(pos, r)
+  }
+
+  /** A new position from reconciliation replaces `from` (checked now, or moved); null: `from` is ignored. */
+  #settle(from: WalPosition, to: WalPosition | null): WalPosition | null {
+    if (to === from) return to
+    if (to !== null && to.timeline === null) return to // could not be checked in time: this read only
+    if (this.#pos === from) {
+      this.#pos = to
+      this.#trusted = true
+    }
+    return to
   }
 
   read<R extends QueryResultRow = any>(
@@ -161,7 +206,9 @@ export class Session {
     values?: unknown[],
     options?: StatementOptions,
   ): Promise<QueryResult<R>> {
-    return this.#host.readAfter<R>(text, values, this.#pos, options)
+    const min = this.#position()
+    if (min instanceof Promise) return min.then((m) => this.#host.readAfter<R>(text, values, m, options))
+    return this.#host.readAfter<R>(text, values, min, options)
   }
 
   write<R extends QueryResultRow = any>(
@@ -173,6 +220,10 @@ export class Session {
   }
 
   transaction<T>(fn: (tx: TransactionClient) => Promise<T>, options?: TransactionOptions): Promise<T> {
-    return this.#host.transactionTracked(fn, options, this.#pos, this.#advance)
+    const min = this.#position()
+    if (min instanceof Promise) {
+      return min.then((m) => this.#host.transactionTracked(fn, options, m, this.#advance))
+    }
+    return this.#host.transactionTracked(fn, options, min, this.#advance)
   }
 }

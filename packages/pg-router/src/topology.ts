@@ -25,6 +25,8 @@ export interface Member {
   measuredLagBytes: number | null
   /** No reads until this performance.now() (a connection to it just failed). */
   downUntil: number
+  /** Writes acknowledged by this member (counted by the writer gate; sampled by the monitor's TimelineWatch). */
+  writes: number
   /** Patroni tag `noloadbalance`: never gets reads. */
   noLoadBalance: boolean
   /**

@@ -72,6 +72,7 @@ type Handler = (req: http.IncomingMessage, res: http.ServerResponse) => void
 
 interface Fake {
   url: string
+  /** GET .../cluster requests. */
   hits: number
   handler: Handler
   server: http.Server
@@ -92,7 +93,7 @@ function json(body: unknown): Handler {
 async function fake(handler: Handler, opts?: https.ServerOptions): Promise<Fake> {
   const f = { hits: 0, handler } as Fake
   const listener: http.RequestListener = (req, res) => {
-    f.hits++
+    if (req.url?.endsWith('/cluster')) f.hits++ // GET /patroni (the scope check) is not counted
     f.handler(req, res)
   }
   const server = opts ? https.createServer(opts, listener) : http.createServer(listener)
@@ -385,6 +386,104 @@ describe('broken endpoints: an event each, then the next endpoint', () => {
   })
 })
 
+/** A Patroni that answers /cluster, /patroni (with `scope`) and /history. */
+function patroni(scope: string | undefined, body: unknown = cluster3, history: unknown = []): Handler {
+  return (req, res) => {
+    if (req.url === '/patroni') {
+      if (scope === undefined) return void res.writeHead(404).end()
+      return json({ state: 'running', role: 'master', patroni: { version: '3.0.2', scope } })(req, res)
+    }
+    if (req.url === '/history') return json(history)(req, res)
+    return json(body)(req, res)
+  }
+}
+
+describe('scope: one cluster only', () => {
+  it("learns the first endpoint's scope; an endpoint of another cluster is refused (an event), never used", async () => {
+    const a = await fake(patroni('main'))
+    const other = await fake(patroni('other', cluster4))
+    const { d, events } = track(createPatroniDiscovery({ endpoints: [a.url, other.url], timeoutMs: 300 }))
+    expect((await d.discover()).members[0]?.name).toBe('pg0')
+    a.handler = (_q, s) => void s.writeHead(503).end()
+    const err = await d.discover().catch((e: unknown) => e)
+    expect(err).toMatchObject({ code: 'E_DISCOVERY' })
+    expect(events.map((e) => e.error.message)).toEqual([
+      expect.stringContaining('HTTP 503'),
+      expect.stringContaining("Patroni scope 'other' is not 'main' (the first one seen): refused"),
+    ])
+    expect((events[1]!.error as ResilientError).details).toMatchObject({
+      reason: 'scope',
+      scope: 'other',
+      expected: 'main',
+    })
+    // the right cluster back: used again
+    a.handler = patroni('main')
+    expect((await d.discover()).members[0]?.name).toBe('pg0')
+  })
+
+  it('patroni.scope: an endpoint of another cluster is refused from the first poll', async () => {
+    const other = await fake(patroni('other', cluster4))
+    const good = await fake(patroni('main'))
+    const { d, events } = track(
+      createPatroniDiscovery({ endpoints: [other.url, good.url], scope: 'main', timeoutMs: 300 }),
+    )
+    expect((await d.discover()).source).toBe(`${good.url}/cluster`)
+    expect(events).toHaveLength(1)
+    expect(events[0]!.error.message).toContain("scope 'other' is not 'main' (patroni.scope)")
+  })
+
+  it('a scope in the /cluster body is checked on every answer; an endpoint without GET /patroni is accepted', async () => {
+    const f = await fake(patroni(undefined, { ...cluster3, scope: 'main' }))
+    const { d, events } = track(createPatroniDiscovery({ endpoints: [f.url] }))
+    await d.discover()
+    f.handler = patroni(undefined, { ...cluster3, scope: 'impostor' })
+    await expect(d.discover()).rejects.toMatchObject({ code: 'E_DISCOVERY' })
+    expect(events[0]!.error.message).toContain("scope 'impostor' is not 'main'")
+    const bare = await fake(patroni(undefined))
+    const { d: d2, events: e2 } = track(createPatroniDiscovery({ endpoints: [bare.url] }))
+    expect((await d2.discover()).members).toHaveLength(3)
+    expect(e2).toEqual([])
+  })
+
+  it('checks the scope once per endpoint, and again after it failed', async () => {
+    let patroniHits = 0
+    const f = await fake((req, res) => {
+      if (req.url === '/patroni') patroniHits++
+      patroni('main')(req, res)
+    })
+    const { d } = track(createPatroniDiscovery({ endpoints: [f.url], timeoutMs: 300 }))
+    for (let i = 0; i < 3; i++) await d.discover()
+    expect(patroniHits).toBe(1)
+    f.handler = (_q, s) => void s.writeHead(500).end()
+    await expect(d.discover()).rejects.toMatchObject({ code: 'E_DISCOVERY' })
+    f.handler = (req, res) => {
+      if (req.url === '/patroni') patroniHits++
+      patroni('main')(req, res)
+    }
+    await d.discover()
+    expect(patroniHits).toBe(2)
+  })
+})
+
+describe('timeline history', () => {
+  it('history() reads GET /history: where each timeline ended', async () => {
+    const f = await fake(
+      patroni('main', cluster3, [
+        [1, 67271712, 'no recovery target specified', '2026-12-04T17:47:56+00:00', 'pg2'],
+        [2, 83890024, 'no recovery target specified', '2026-12-04T17:50:00+00:00', 'pg0'],
+      ]),
+    )
+    const { d } = track(createPatroniDiscovery({ endpoints: [f.url] }))
+    await d.discover()
+    expect(await d.history!()).toEqual([
+      { timeline: 1, endLsn: 67271712n },
+      { timeline: 2, endLsn: 83890024n },
+    ])
+    f.handler = patroni('main', cluster3, { not: 'a history' })
+    await expect(d.history!()).rejects.toMatchObject({ code: 'E_DISCOVERY' })
+  })
+})
+
 describe('listeners', () => {
   it('a listener that throws breaks neither discover() nor the other listeners', async () => {
     const dead = await deadUrl()
@@ -532,7 +631,8 @@ describe('auth and secrets', () => {
     const withCreds = f.url.replace('http://', `http://admin:${encodeURIComponent(password)}@`)
     const { d } = track(createPatroniDiscovery({ endpoints: [withCreds] }))
     const r = await d.discover()
-    expect(seen).toEqual([`Basic ${Buffer.from(`admin:${password}`).toString('base64')}`])
+    // GET /cluster, then GET /patroni (the scope check): both authenticated
+    expect(seen).toEqual(Array(2).fill(`Basic ${Buffer.from(`admin:${password}`).toString('base64')}`))
     expect(r.source).toBe(`${f.url}/cluster`)
     expect(inspect(d, { showHidden: true, depth: 10 })).not.toContain(password)
   })
@@ -680,6 +780,8 @@ describe('options', () => {
     ['timeoutMs NaN', { endpoints: ['http://a'], timeoutMs: Number.NaN }, /patroni\.timeoutMs/],
     ['maxBodyBytes', { endpoints: ['http://a'], maxBodyBytes: 1.5 }, /patroni\.maxBodyBytes/],
     ['a typo', { endpoints: ['http://a'], timeoutMS: 5 }, /unknown option patroni\.timeoutMS/],
+    ['scope empty', { endpoints: ['http://a'], scope: '' }, /patroni\.scope/],
+    ['scope a number', { endpoints: ['http://a'], scope: 3 }, /patroni\.scope/],
     ['tls not an object', { endpoints: ['https://a'], tls: true }, /patroni\.tls: expected an object/],
     ['tls.cert without key', { endpoints: ['https://a'], tls: { cert: 'x' } }, /patroni\.tls\.key/],
     ['tls.ca a number', { endpoints: ['https://a'], tls: { ca: [1] } }, /patroni\.tls\.ca\[0\]/],

@@ -19,6 +19,7 @@ function member(name: string, over: Partial<Member> = {}, load = 0): Member {
     lsnEpoch: 0,
     measuredLagBytes: null,
     downUntil: 0,
+    writes: 0,
     noLoadBalance: false,
     offTimeline: false,
     pool: { load } as unknown as MemberPool,

@@ -93,6 +93,9 @@ describe('Session', () => {
         onLsn({ lsn: 500n, timeline: 1 })
         return r
       },
+      reconcile: (pos) => pos,
+      observed: () => {},
+      encode: (pos) => encodeToken(pos),
     }
     return { host, seen }
   }

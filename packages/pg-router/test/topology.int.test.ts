@@ -4,9 +4,15 @@ import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import { type Lab, startLab } from '@resilient/lab'
-import { channelNames, createPgRouter, type PgRouter, type PgRouterOptions } from '@resilient/pg-router'
+import {
+  channelNames,
+  createPgRouter,
+  type PgRouter,
+  type PgRouterOptions,
+  type TimelineRegressionEvent,
+} from '@resilient/pg-router'
 import pg from 'pg'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 
 // Replica reads and timelines on a real 3-node cluster: which replicas may serve plain reads
 // (lag under session traffic, Patroni's noloadbalance tag, a replica left on an older
@@ -50,8 +56,13 @@ beforeAll(async () => {
   await lab.sql('CREATE TABLE filler (id bigserial PRIMARY KEY, body text)')
 })
 
+// Channels are process-wide: close each test's routers so that no other router publishes
+// into the next test's observations.
+afterEach(async () => {
+  await Promise.all(routers.splice(0).map((r) => r.close()))
+})
+
 afterAll(async () => {
-  await Promise.all(routers.map((r) => r.close()))
   await lab?.down()
 })
 
@@ -225,6 +236,109 @@ describe('read-your-writes positions', () => {
   })
 })
 
+describe('session tokens from outside', () => {
+  const SECRET = 'topology-int-test-secret-0123456789'
+
+  it('forged, truncated, far-future, wrong-timeline and wrongly-signed tokens: no read fails or waits session.maxWaitMs; each is counted', async () => {
+    const maxWaitMs = 1_000
+    const plain = router({ monitor: { intervalMs: 200 }, session: { maxWaitMs } })
+    const signed = router({ monitor: { intervalMs: 200 }, session: { maxWaitMs, secret: SECRET } })
+    for (const db of [plain, signed]) {
+      await db.ready({ timeoutMs: 15_000 })
+      await until('both replicas serving', () => db.topology().replicas.filter((r) => r.healthy).length === 2)
+    }
+    const s = plain.session()
+    await s.write('SELECT 1') // a real position to forge from
+    const real = s.token
+    const tl = s.timeline!
+    const sw = signed.session()
+    await sw.write('SELECT 1')
+    const realSignature = sw.token.split('.')[1]!
+    const forge = (o: object) => Buffer.from(JSON.stringify(o)).toString('base64url')
+    const cases: [PgRouter, string, string][] = [
+      [plain, 'far future', forge({ v: 2, lsn: 'FFFFFFFF/0', tl })],
+      [plain, 'a timeline the cluster never reached', forge({ v: 2, lsn: '0/1000', tl: tl + 5 })],
+      [plain, 'truncated', real.slice(0, 10)],
+      [plain, 'garbage', 'not a token!'],
+      [signed, 'unsigned', real],
+      [signed, 'signed with another key', `${real}.${'A'.repeat(22)}`],
+      [
+        signed,
+        'a real signature on a forged payload',
+        `${forge({ v: 2, lsn: 'FFFFFFFF/0', tl })}.${realSignature}`,
+      ],
+    ]
+    const before = { plain: plain.stats().tokens, signed: signed.stats().tokens }
+    for (const [db, name, token] of cases) {
+      const session = db.session(token)
+      for (let i = 0; i < 3; i++) {
+        const t0 = performance.now()
+        const r = await session.read<{ r: boolean }>('SELECT pg_is_in_recovery() AS r')
+        const ms = performance.now() - t0
+        // a plain read: on a replica, well within maxWaitMs (it used to wait all of it, then the primary)
+        expect([name, r.rows[0]!.r]).toEqual([name, true])
+        expect([name, ms < maxWaitMs]).toEqual([name, true])
+      }
+    }
+    const p = plain.stats().tokens
+    const g = signed.stats().tokens
+    expect(p.aheadOfPrimary - before.plain.aheadOfPrimary).toBe(1)
+    expect(p.unknownTimeline - before.plain.unknownTimeline).toBe(1)
+    expect(p.malformed - before.plain.malformed).toBe(2)
+    expect(g.badSignature - before.signed.badSignature).toBe(3)
+    expect(plain.stats().badTokens).toBeGreaterThanOrEqual(4)
+    // a token of the signed router resumes there, trusted: reads after its write, no poll needed
+    const w = signed.session()
+    await w.write("INSERT INTO filler (body) VALUES ('signed')")
+    expect(w.token).toContain('.')
+    const again = signed.session(w.token)
+    expect(again.lsn).toBe(w.lsn)
+    const n = await again.read<{ n: number }>("SELECT count(*)::int AS n FROM filler WHERE body = 'signed'")
+    expect(n.rows[0]!.n).toBe(1)
+    expect(JSON.stringify([signed.stats(), await signed.check()])).not.toContain(SECRET)
+  })
+
+  it('a token from before a failover is compared through the timeline history, not sent to the primary for ever', async () => {
+    const db = router({ monitor: { intervalMs: 200 }, session: { maxWaitMs: 500 } })
+    await db.ready({ timeoutMs: 15_000 })
+    const s = db.session()
+    await s.write("INSERT INTO filler (body) VALUES ('before the switchover')")
+    const token = s.token
+    const oldTl = s.timeline!
+    const [candidate] = await lab.replicas()
+    await lab.switchover({ candidate: candidate!.name })
+    await until('the new primary measured', () => (db.timelineInfo().timeline ?? 0) > oldTl, 30_000)
+    await until('the history of the new timeline', () => db.timelineInfo().history !== null, 30_000)
+    const end = db.timelineInfo().history!.find((h) => h.timeline === oldTl)!.endLsn
+    await until(
+      'a replica on the new timeline, serving',
+      () => db.topology().replicas.some((r) => r.healthy),
+      30_000,
+    )
+    const rebasedBefore = db.stats().tokens.rebased
+    const resumed = db.session(token)
+    const r = await resumed.read<{ r: boolean; n: number }>(
+      "SELECT pg_is_in_recovery() AS r, (SELECT count(*)::int FROM filler WHERE body = 'before the switchover') AS n",
+    )
+    expect(r.rows[0]).toEqual({ r: true, n: 1 }) // a replica, and it has the write
+    expect(resumed.timeline).toBe(db.timelineInfo().timeline)
+    expect(db.stats().tokens.rebased).toBe(rebasedBefore + 1)
+    // a position on the old timeline after it ended: that write did not survive; a plain read
+    const lost = Buffer.from(
+      JSON.stringify({
+        v: 2,
+        lsn: `${(end >> 32n).toString(16)}/${((end & 0xffffffffn) + 0x1000n).toString(16)}`,
+        tl: oldTl,
+      }),
+    ).toString('base64url')
+    const lostBefore = db.stats().tokens.lostInFailover
+    const l = await db.session(lost).read<{ r: boolean }>('SELECT pg_is_in_recovery() AS r')
+    expect(l.rows[0]!.r).toBe(true)
+    expect(db.stats().tokens.lostInFailover).toBe(lostBefore + 1)
+    await lab.waitForReplicas(2)
+  })
+})
+
 /** An HTTP proxy on port 0 in front of the lab's Patroni endpoints that records when each GET /cluster came. */
 async function countingProxy(
   targets: string[],
@@ -278,6 +392,7 @@ describe('discovery during a promotion', () => {
     }
     diagnostics_channel.subscribe(channelNames.roleMismatch, onMismatch)
     diagnostics_channel.subscribe(channelNames.confirmed, onConfirmed)
+
     // A read on each replica that conflicts with replay of an ACCESS EXCLUSIVE lock: replay
     // stops there (max_standby_streaming_delay is 30 s), so the promoted candidate stays in
     // recovery, named leader by Patroni, until these transactions end.
@@ -322,5 +437,70 @@ describe('discovery during a promotion', () => {
       await proxy.close()
     }
     await lab.waitForReplicas(2)
+  })
+})
+
+describe('the cluster going back to a lower timeline (destructive: last)', () => {
+  it('writes acknowledged on timeline N+2, then a member of timeline N promoted: an event naming both timelines and the window, check() warns until acknowledged', async () => {
+    const db = router({ monitor: { intervalMs: 200 } })
+    const events: TimelineRegressionEvent[] = []
+    db.onTimelineRegression((e) => events.push(e))
+    const published: unknown[] = []
+    const onPublished = (m: unknown) => published.push(m)
+    diagnostics_channel.subscribe(channelNames.timelineRegression, onPublished)
+    try {
+      await db.ready({ timeoutMs: 15_000 })
+      const leader = (await lab.primary())!
+      const [old, mid] = await lab.replicas()
+      // `old` stops replaying (maintenance mode: Patroni promotes no one by itself) on timeline N
+      await lab.pauseReplay(old!.name)
+      const n = Number(
+        (await lab.sql('SELECT substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8)'))[0]![0]!,
+      )
+      // two switchovers (allowed to a named candidate in maintenance mode): timeline N+2
+      await lab.switchover({ candidate: mid!.name })
+      await lab.switchover({ candidate: leader.name })
+      await until('the router writing on timeline N+2', () => db.timelineInfo().timeline === n + 2, 30_000)
+      const firstWrite = Date.now()
+      for (let i = 0; i < 5; i++) await db.write("INSERT INTO filler (body) VALUES ('on N+2')")
+      const lastWrite = Date.now()
+      // the members of timeline N+2 die; `old` (timeline N) is promoted: timeline N+1
+      await lab.stopMember(leader.name)
+      await lab.stopMember(mid!.name)
+      await until(
+        'no leader in /cluster',
+        async () => !(await lab.cluster()).members.some((m) => m.role === 'leader'),
+        60_000,
+      )
+      await lab.sql('SELECT pg_promote()', old!.name)
+      await until('the regression reported', () => events.length > 0, 60_000)
+      expect(events).toEqual([
+        {
+          member: old!.name,
+          timeline: n + 1,
+          lostTimeline: n + 2,
+          lostMember: leader.name,
+          writesFrom: expect.any(Number),
+          writesUntil: expect.any(Number),
+          detectedAt: expect.any(Number),
+        },
+      ])
+      const e = events[0]!
+      expect(e.writesFrom).toBeLessThanOrEqual(lastWrite)
+      expect(e.writesUntil).toBeGreaterThanOrEqual(firstWrite)
+      expect(published).toEqual([e])
+      const c = await db.check()
+      expect(c.status).toBe('warn')
+      expect(c.output).toContain(`timeline went back from ${n + 2} to ${n + 1} (${old!.name})`)
+      // the write went to the new primary meanwhile: it is the primary, the rows of N+2 are gone
+      const rows = await db.write<{ n: number }>(
+        "SELECT count(*)::int AS n FROM filler WHERE body = 'on N+2'",
+      )
+      expect(rows.rows[0]!.n).toBe(0)
+      expect(db.acknowledgeTimelineRegressions()).toBe(1)
+      expect((await db.check()).status).toBe('pass')
+    } finally {
+      diagnostics_channel.unsubscribe(channelNames.timelineRegression, onPublished)
+    }
   })
 })

@@ -15,6 +15,7 @@ import {
   withTimeout,
 } from '@resilient/core'
 import { Client } from 'undici'
+import { parsePatroniHistory, type TimelineSwitch } from '../timeline.js'
 import type {
   DiscoveredMember,
   Discovery,
@@ -56,6 +57,12 @@ export interface PatroniDiscoveryOptions {
   maxBodyBytes?: number
   tls?: PatroniTlsOptions
   auth?: PatroniAuthOptions
+  /**
+   * The Patroni `scope` (cluster name) every endpoint must belong to. An endpoint of another
+   * cluster (a copy-paste in the endpoint list, a recycled address) is refused: an event, and
+   * the next endpoint is asked. @default the scope of the first endpoint that answers
+   */
+  scope?: string
 }
 
 export const DEFAULT_PATRONI_DISCOVERY_OPTIONS = Object.freeze({
@@ -69,8 +76,12 @@ interface Endpoint {
   /** Redacted (no credentials), as shown in events and results. */
   source: string
   origin: string
+  /** `<prefix>/`: `cluster`, `patroni` and `history` are asked under it. */
+  base: string
   path: string
   client: Client
+  /** Its scope was checked since it last failed (GET /patroni, or a `scope` in /cluster). */
+  scopeChecked: boolean
   /** Failed on its last attempt: tried after the others. */
   suspect: boolean
   /** Order among suspects: the one that failed longest ago goes first. */
@@ -102,17 +113,23 @@ class PatroniDiscovery implements Discovery {
   readonly #errors = new Emitter<DiscoveryErrorEvent>()
   #lastGood: Endpoint | undefined
   #closed = false
+  /** The scope every endpoint must have: configured, else the first one seen. */
+  #scope: string | undefined
+  readonly #scopeFrom: string
 
   constructor(
     endpoints: Endpoint[],
     timeoutMs: number,
     maxBodyBytes: number,
     headers: Record<string, string>,
+    scope: string | undefined,
   ) {
     this.#endpoints = endpoints
     this.#timeoutMs = timeoutMs
     this.#maxBodyBytes = maxBodyBytes
     this.#headers = headers
+    this.#scope = scope
+    this.#scopeFrom = scope === undefined ? 'the first one seen' : 'patroni.scope'
   }
 
   get [Symbol.toStringTag](): string {
@@ -163,6 +180,7 @@ class PatroniDiscovery implements Discovery {
               details: { source: endpoint.source },
             })
         endpoint.suspect = true
+        endpoint.scopeChecked = false
         endpoint.failedAt = performance.now()
         if (this.#lastGood === endpoint) this.#lastGood = undefined
         lastError = error
@@ -178,9 +196,42 @@ class PatroniDiscovery implements Discovery {
   }
 
   async #fetch(endpoint: Endpoint, signal: AbortSignal): Promise<DiscoveredMember[]> {
+    const json = await this.#getJson(endpoint, 'cluster', signal)
+    const members = parseCluster(json, endpoint)
+    // A scope in the answer itself is checked every time; else the endpoint's GET /patroni
+    // once, until it fails.
+    const inline = isObject(json) && typeof json.scope === 'string' ? json.scope : undefined
+    if (inline !== undefined) {
+      this.#checkScope(endpoint, inline)
+    } else if (!endpoint.scopeChecked) {
+      const status = await this.#getJson(endpoint, 'patroni', signal, true)
+      const p = isObject(status) ? status.patroni : undefined
+      const scope = isObject(p) && typeof p.scope === 'string' ? p.scope : undefined
+      if (scope !== undefined) this.#checkScope(endpoint, scope)
+    }
+    endpoint.scopeChecked = true
+    return members
+  }
+
+  #checkScope(endpoint: Endpoint, scope: string): void {
+    if (this.#scope === undefined) this.#scope = scope
+    else if (scope !== this.#scope) {
+      throw new ResilientError(
+        'E_DISCOVERY',
+        `${endpoint.source}: Patroni scope '${scope}' is not '${this.#scope}' (${this.#scopeFrom}): refused`,
+        { details: { source: endpoint.source, reason: 'scope', scope, expected: this.#scope } },
+      )
+    }
+  }
+
+  /**
+   * GET `<base><what>` as JSON, bounded in size. `optional`: a non-200 answer or a body that is
+   * not JSON resolves to undefined instead of failing (a proxy that exposes only /cluster).
+   */
+  async #getJson(endpoint: Endpoint, what: string, signal: AbortSignal, optional = false): Promise<unknown> {
     const res = await endpoint.client.request({
       method: 'GET',
-      path: endpoint.path,
+      path: `${endpoint.base}${what}`,
       headers: this.#headers,
       signal,
     })
@@ -189,6 +240,7 @@ class PatroniDiscovery implements Discovery {
     body.on('error', ignore)
     try {
       if (res.statusCode !== 200) {
+        if (optional) return undefined
         throw discoveryError(endpoint, `HTTP ${res.statusCode}`)
       }
       const declared = Number(res.headers['content-length'])
@@ -208,18 +260,39 @@ class PatroniDiscovery implements Discovery {
         chunks.push(chunk as Buffer)
       }
       const text = Buffer.concat(chunks).toString('utf8')
-      let json: unknown
       try {
-        json = JSON.parse(text)
+        return JSON.parse(text)
       } catch (err) {
+        if (optional) return undefined
         const type = String(res.headers['content-type'] ?? 'no content-type')
         throw discoveryError(endpoint, `malformed JSON (${type}, ${size} bytes)`, err)
       }
-      return parseCluster(json, endpoint)
     } finally {
       // Frees the socket on every early exit; a no-op once the body was read to the end.
       if (!body.destroyed) body.destroy()
     }
+  }
+
+  /** Patroni `GET /history` from the first endpoint that answers it (last good first). */
+  async history(signal?: AbortSignal): Promise<TimelineSwitch[]> {
+    if (this.#closed) throw new ResilientError('E_SHUTTING_DOWN', 'patroni discovery is closed')
+    let lastError: unknown
+    for (const endpoint of this.#order()) {
+      if (endpoint.suspect) continue
+      try {
+        const json = await withTimeout((s) => this.#getJson(endpoint, 'history', s!), this.#timeoutMs, {
+          signal,
+          operation: `GET ${endpoint.base}history`,
+        })
+        const list = parsePatroniHistory(json)
+        if (list !== null) return list
+        lastError = discoveryError(endpoint, 'unexpected /history shape')
+      } catch (err) {
+        if (signal?.aborted) throw abortError(signal, 'patroni history')
+        lastError = err
+      }
+    }
+    throw new ResilientError('E_DISCOVERY', 'no Patroni endpoint answered GET /history', { cause: lastError })
   }
 
   async close(): Promise<void> {
@@ -320,7 +393,8 @@ function checkPem(value: unknown, field: string): string | Buffer {
  */
 export function createPatroniDiscovery(options: PatroniDiscoveryOptions): Discovery {
   const o = checkObject(options, FIELD)
-  checkKnownKeys(o, FIELD, ['endpoints', 'timeoutMs', 'maxBodyBytes', 'tls', 'auth'])
+  checkKnownKeys(o, FIELD, ['endpoints', 'timeoutMs', 'maxBodyBytes', 'tls', 'auth', 'scope'])
+  const scope = o.scope === undefined ? undefined : checkString(o.scope, `${FIELD}.scope`, { nonEmpty: true })
   const list = checkArray(o.endpoints, `${FIELD}.endpoints`, { nonEmpty: true })
   const timeoutMs = optional(o.timeoutMs, DEFAULT_PATRONI_DISCOVERY_OPTIONS.timeoutMs, (v) =>
     checkNumber(v, `${FIELD}.timeoutMs`, { min: 1, max: 600_000, integer: true }),
@@ -392,7 +466,7 @@ export function createPatroniDiscovery(options: PatroniDiscoveryOptions): Discov
     const source = `${url.origin}${path}`
     if (seen.has(source)) throw configError(field, 'no duplicate endpoints')
     seen.add(source)
-    return { source, origin: url.origin, path, https: url.protocol === 'https:' }
+    return { source, origin: url.origin, base, path, https: url.protocol === 'https:' }
   })
 
   // Clients are created only once every option is known to be good: nothing to close on E_CONFIG.
@@ -400,7 +474,9 @@ export function createPatroniDiscovery(options: PatroniDiscoveryOptions): Discov
     return {
       source: p.source,
       origin: p.origin,
+      base: p.base,
       path: p.path,
+      scopeChecked: false,
       client: new Client(p.origin, {
         connect: { timeout: timeoutMs, ...(p.https ? connect : {}) },
         headersTimeout: timeoutMs,
@@ -417,5 +493,5 @@ export function createPatroniDiscovery(options: PatroniDiscoveryOptions): Discov
   if (auth) {
     headers.authorization = `Basic ${Buffer.from(`${auth.username}:${auth.password}`).toString('base64')}`
   }
-  return new PatroniDiscovery(endpoints, timeoutMs, maxBodyBytes, headers)
+  return new PatroniDiscovery(endpoints, timeoutMs, maxBodyBytes, headers, scope)
 }

@@ -1,4 +1,5 @@
 import type { Disposable } from '@resilient/core'
+import type { TimelineSwitch } from '../timeline.js'
 
 /**
  * The role of a member as seen by discovery.
@@ -52,5 +53,10 @@ export interface Discovery {
    * an event each; discover() moves on to the next endpoint.
    */
   onError(listener: (e: DiscoveryErrorEvent) => void): Disposable
+  /**
+   * Optional: the cluster's timeline history as the source knows it (Patroni `GET /history`):
+   * each timeline that ended, and where. Rejects when it cannot tell.
+   */
+  history?(signal?: AbortSignal): Promise<TimelineSwitch[]>
   close(): Promise<void>
 }
