@@ -6,7 +6,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PNPM_VERSION="10.34.9"
 PNPM=(npx --yes "pnpm@${PNPM_VERSION}")
-DEBIAN_PACKAGES=(postgresql-15 postgresql-client-15 patroni etcd-server etcd-client redis-server redis-sentinel pgbouncer haproxy)
+# openssl: the lab's TLS mode makes its CA with it; python3-idna: patronictl over HTTPS needs it
+# (see packages/lab/README.md, Secure mode).
+DEBIAN_PACKAGES=(postgresql-15 postgresql-client-15 patroni etcd-server etcd-client redis-server redis-sentinel pgbouncer haproxy openssl python3-idna)
 
 log() { printf '\n== %s\n' "$*"; }
 
@@ -22,7 +24,8 @@ check_node() {
 missing_binaries() {
   local missing=()
   [ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=(postgres)
-  for b in patroni patronictl etcd etcdctl redis-server redis-sentinel pgbouncer haproxy; do
+  [ -f /usr/lib/python3/dist-packages/idna/__init__.py ] || missing+=(python3-idna)
+  for b in patroni patronictl etcd etcdctl redis-server redis-sentinel pgbouncer haproxy openssl; do
     command -v "$b" >/dev/null 2>&1 || [ -x "/usr/sbin/$b" ] || [ -x "/usr/bin/$b" ] || missing+=("$b")
   done
   echo "${missing[@]:-}"
